@@ -210,7 +210,10 @@ impl core::fmt::Debug for HypercallControl {
             .field("is_nested", &self.is_nested())
             .field("rep_count", &self.rep_count())
             .field("rep_start_index", &self.rep_start_index())
-            .field("reserved_bits", &format_args!("{:#x}", self.reserved_bits()))
+            .field(
+                "reserved_bits",
+                &format_args!("{:#x}", self.reserved_bits()),
+            )
             .finish()
     }
 }
@@ -263,7 +266,8 @@ mod tests {
     #[test]
     fn control_fields_are_bit_exact() {
         // A distinct value in every field, assembled bit by bit from the TLFS table.
-        let raw: u64 = 0x0099 | (1 << 16) | (0x2A5 << 17) | (1 << 31) | (0xABC << 32) | (0x123 << 48);
+        let raw: u64 =
+            0x0099 | (1 << 16) | (0x2A5 << 17) | (1 << 31) | (0xABC << 32) | (0x123 << 48);
         let c = HypercallControl(raw);
         assert_eq!(c.code(), HypercallCode::START_VIRTUAL_PROCESSOR);
         assert!(c.fast());
@@ -289,7 +293,11 @@ mod tests {
             assert_eq!(c.check(), Err(HvError::INVALID_HYPERCALL_INPUT));
         }
         for bit in (0..=26).chain(31..=43).chain(48..=59) {
-            assert_eq!(HypercallControl(1u64 << bit).reserved_bits(), 0, "bit {bit}");
+            assert_eq!(
+                HypercallControl(1u64 << bit).reserved_bits(),
+                0,
+                "bit {bit}"
+            );
         }
     }
 
@@ -297,7 +305,10 @@ mod tests {
     fn check_simple_and_rep_rules() {
         let simple = HypercallControl::new(HypercallCode::START_VIRTUAL_PROCESSOR);
         assert_eq!(simple.check(), Ok(CallKind::Simple));
-        assert_eq!(simple.with_rep_count(1).check(), Err(HvError::INVALID_HYPERCALL_INPUT));
+        assert_eq!(
+            simple.with_rep_count(1).check(),
+            Err(HvError::INVALID_HYPERCALL_INPUT)
+        );
         assert_eq!(
             simple.with_rep_start_index(1).check(),
             Err(HvError::INVALID_HYPERCALL_INPUT)
@@ -305,12 +316,18 @@ mod tests {
         let rep = HypercallControl::new(HypercallCode::GET_VP_INDEX_FROM_APIC_ID);
         assert_eq!(rep.check(), Err(HvError::INVALID_HYPERCALL_INPUT));
         assert_eq!(rep.with_rep_count(2).check(), Ok(CallKind::Rep));
-        assert_eq!(rep.with_rep_count(2).with_rep_start_index(1).check(), Ok(CallKind::Rep));
+        assert_eq!(
+            rep.with_rep_count(2).with_rep_start_index(1).check(),
+            Ok(CallKind::Rep)
+        );
         assert_eq!(
             rep.with_rep_count(2).with_rep_start_index(2).check(),
             Err(HvError::INVALID_HYPERCALL_INPUT)
         );
-        assert_eq!(HypercallControl(0x1234).check(), Err(HvError::INVALID_HYPERCALL_CODE));
+        assert_eq!(
+            HypercallControl(0x1234).check(),
+            Err(HvError::INVALID_HYPERCALL_CODE)
+        );
         assert_eq!(
             HypercallControl(0x0046 | (1 << 31)).check(),
             Err(HvError::INVALID_HYPERCALL_INPUT)

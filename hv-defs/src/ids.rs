@@ -155,7 +155,11 @@ mod tests {
         assert!(v.use_target_vtl());
         assert_eq!(v.reserved_bits(), 0);
         let plain = HvInputVtl(0b0000_0010);
-        assert_eq!(plain.target(), Ok(None), "target ignored without use-target");
+        assert_eq!(
+            plain.target(),
+            Ok(None),
+            "target ignored without use-target"
+        );
         for bit in 5..8 {
             let r = HvInputVtl(1 << bit);
             assert_eq!(r.reserved_bits(), 1 << bit);

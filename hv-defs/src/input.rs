@@ -119,7 +119,10 @@ pub trait GuestInput: FromBytes + IntoBytes + KnownLayout + Immutable + Sized {
         let size = core::mem::size_of::<Self>();
         check_parameter_block(gpa, size as u64)?;
         let value = Self::read_from_prefix(bytes)
-            .map_err(|_| InputError::Short { needed: size, available: bytes.len() })?
+            .map_err(|_| InputError::Short {
+                needed: size,
+                available: bytes.len(),
+            })?
             .0;
         value.check_reserved()?;
         Ok(value)
@@ -258,7 +261,10 @@ pub struct VpRegistersHeader {
 
 impl GuestInput for VpRegistersHeader {
     fn check_reserved(&self) -> Result<(), InputError> {
-        rsvdz(self.input_vtl.reserved_bits() == 0, "VpRegisters.InputVtl.Reserved")?;
+        rsvdz(
+            self.input_vtl.reserved_bits() == 0,
+            "VpRegisters.InputVtl.Reserved",
+        )?;
         rsvdz(self.rsvdz == [0; 3], "VpRegisters.RsvdZ")
     }
 }
@@ -280,7 +286,9 @@ impl GuestInput for GetVpRegistersElement {
     }
 }
 
-/// One HvCallSetVpRegisters rep element: 32 bytes, name @0, padding to 16, value @16.
+/// One HvCallSetVpRegisters rep element: 32 bytes, name @0, RsvdZ @4 (12 bytes),
+/// value @16. (The 2013 page calls bytes 4..16 padding; the current TLFS page
+/// declares them RsvdZ, which is what is checked.)
 #[repr(C)]
 #[derive(
     Copy, Clone, PartialEq, Eq, Hash, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout,
@@ -288,17 +296,20 @@ impl GuestInput for GetVpRegistersElement {
 pub struct SetVpRegistersElement {
     /// HV_REGISTER_NAME @0.
     pub name: u32,
-    /// Padding @4.
-    pub padding0: u32,
-    /// Padding @8.
-    pub padding1: u64,
+    /// RsvdZ @4.
+    pub rsvdz0: u32,
+    /// RsvdZ @8.
+    pub rsvdz1: u64,
     /// Value @16 (low @16, high @24).
     pub value: HvRegisterValue,
 }
 
 impl GuestInput for SetVpRegistersElement {
     fn check_reserved(&self) -> Result<(), InputError> {
-        Ok(())
+        rsvdz(
+            self.rsvdz0 == 0 && self.rsvdz1 == 0,
+            "SetVpRegisters.Element.RsvdZ",
+        )
     }
 }
 
@@ -317,7 +328,10 @@ pub struct GetVpIndexFromApicIdHeader {
 
 impl GuestInput for GetVpIndexFromApicIdHeader {
     fn check_reserved(&self) -> Result<(), InputError> {
-        rsvdz(self.target_vtl.reserved_bits() == 0, "GetVpIndexFromApicId.TargetVtl.Reserved")?;
+        rsvdz(
+            self.target_vtl.reserved_bits() == 0,
+            "GetVpIndexFromApicId.TargetVtl.Reserved",
+        )?;
         rsvdz(self.rsvdz == [0; 7], "GetVpIndexFromApicId.RsvdZ")
     }
 }
@@ -373,7 +387,7 @@ crate::assert_layout!(VpRegistersHeader, size 16, align 8, {
 });
 crate::assert_layout!(GetVpRegistersElement, size 4, align 4, { name @ 0 });
 crate::assert_layout!(SetVpRegistersElement, size 32, align 16, {
-    name @ 0, padding0 @ 4, padding1 @ 8, value @ 16,
+    name @ 0, rsvdz0 @ 4, rsvdz1 @ 8, value @ 16,
 });
 crate::assert_layout!(GetVpIndexFromApicIdHeader, size 16, align 8, {
     partition_id @ 0, target_vtl @ 8, rsvdz @ 9,

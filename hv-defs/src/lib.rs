@@ -70,11 +70,12 @@ mod x64;
 pub use hypercall::{CallKind, HypercallCode, HypercallControl, HypercallResult};
 pub use ids::{HvInputVtl, PartitionId, VpIndex, Vtl};
 pub use input::{
-    check_parameter_block, ApicIdElement, CreateVpInput, EnableVpVtlInput,
-    GetPartitionIdOutput, GetVpIndexFromApicIdHeader, GetVpRegistersElement, GuestInput,
-    InputError, ProximityDomainFlags, ProximityDomainInfo, SetVpRegistersElement,
-    StartVirtualProcessorInput, VpIndexElement, VpRegistersHeader, HV_CALL_ALIGNMENT,
-    HV_PAGE_SIZE,
+    check_parameter_block, ApicIdElement, CreateVpInput, EnableVpVtlInput, GetPartitionIdOutput,
+    GetVpIndexFromApicIdHeader, GetVpRegistersElement, GuestInput, InputError,
+    ProximityDomainFlags, ProximityDomainInfo, SetVpRegistersElement, StartVirtualProcessorInput,
+    VpIndexElement, VpRegistersHeader, HV_CALL_ALIGNMENT, HV_PAGE_SIZE,
 };
 pub use status::{HvError, HvResult, HvStatus};
-pub use x64::{HvRegisterValue, InitialVpContext, SegmentAttributes, SegmentRegister, TableRegister};
+pub use x64::{
+    HvRegisterValue, InitialVpContext, SegmentAttributes, SegmentRegister, TableRegister,
+};

@@ -256,7 +256,12 @@ impl fmt::Debug for HvError {
 impl fmt::Display for HvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.status().name() {
-            Some(n) => write!(f, "HV_STATUS_{n} ({:#06x}): {}", self.code(), self.description()),
+            Some(n) => write!(
+                f,
+                "HV_STATUS_{n} ({:#06x}): {}",
+                self.code(),
+                self.description()
+            ),
             None => write!(f, "unknown HV_STATUS {:#06x}", self.code()),
         }
     }
@@ -311,7 +316,10 @@ mod tests {
         assert_eq!(e.description(), "unknown hypervisor status");
         assert_eq!(format!("{e}"), "unknown HV_STATUS 0x7777");
         assert_eq!(format!("{e:?}"), "HvError(HvStatus(0x7777))");
-        assert_eq!(format!("{:?}", HvError::ACCESS_DENIED), "HvError(ACCESS_DENIED)");
+        assert_eq!(
+            format!("{:?}", HvError::ACCESS_DENIED),
+            "HvError(ACCESS_DENIED)"
+        );
     }
 
     #[test]

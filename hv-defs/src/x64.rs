@@ -287,7 +287,11 @@ mod tests {
         assert_eq!(v.low, 0x1122_3344_5566_7788);
         assert_eq!(v.high, 0xA09B_0010_AABB_CCDD);
         assert_eq!(v.as_segment(), s);
-        let t = TableRegister { pad: [0; 3], limit: 0x7F, base: 0xFFFF_FE00_0000_1000 };
+        let t = TableRegister {
+            pad: [0; 3],
+            limit: 0x7F,
+            base: 0xFFFF_FE00_0000_1000,
+        };
         let tv = HvRegisterValue::from(t);
         assert_eq!(tv.low, 0x007F_0000_0000_0000);
         assert_eq!(tv.high, 0xFFFF_FE00_0000_1000);

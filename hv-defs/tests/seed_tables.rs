@@ -147,14 +147,13 @@ fn create_vp_input() {
 #[test]
 fn get_set_vp_registers_header_and_elements() {
     // Seed 003 header: PartitionId 0/8, VpIndex 8/4, then (newer TLFS) InputVtl 12/1,
-    // RsvdZ 13/3. Set element: name 0/4, padding 4/4 and 8/8, value low 16/8,
-    // high 24/8. Get element: name 0/4.
+    // RsvdZ 13/3. Set element: name 0/4, RsvdZ 4/12, value low 16/8, high 24/8.
+    // Get element: name 0/4.
     let mut page = [0u8; 4096];
     put(&mut page, 0, &0xFFFF_FFFF_FFFF_FFFFu64.to_le_bytes());
     put(&mut page, 8, &0xFFFF_FFFEu32.to_le_bytes());
     put(&mut page, 12, &[0x12]); // use target VTL, VTL 2
     put(&mut page, 16, &0x0002_0010u32.to_le_bytes()); // element 0 name: Rip
-    put(&mut page, 20, &[0x55; 12]); // padding
     put(&mut page, 32, &0xAAAA_BBBB_CCCC_DDDDu64.to_le_bytes());
     put(&mut page, 40, &0x1234_5678_9ABC_DEF0u64.to_le_bytes());
     let h = VpRegistersHeader::read_from_guest(&page, GPA).unwrap();
@@ -167,11 +166,25 @@ fn get_set_vp_registers_header_and_elements() {
     assert_eq!(e.value.high, 0x1234_5678_9ABC_DEF0);
     let g = GetVpRegistersElement::read_from_guest(&page[16..], GPA + 16).unwrap();
     assert_eq!(g.name, 0x0002_0010);
+    for off in [20usize, 27, 31] {
+        let mut bad = page;
+        bad[off] = 0x55;
+        let e = SetVpRegistersElement::read_from_guest(&bad[16..], GPA + 16).unwrap_err();
+        assert_eq!(
+            e,
+            InputError::Reserved {
+                field: "SetVpRegisters.Element.RsvdZ"
+            }
+        );
+    }
     // Reserved bits in the input VTL and the RsvdZ bytes are rejected.
     for (off, v) in [(12usize, 0x20u8), (13, 1), (15, 0x80)] {
         let mut bad = page;
         bad[off] = v;
-        assert!(VpRegistersHeader::read_from_guest(&bad, GPA).is_err(), "offset {off}");
+        assert!(
+            VpRegistersHeader::read_from_guest(&bad, GPA).is_err(),
+            "offset {off}"
+        );
     }
 }
 
@@ -202,9 +215,13 @@ fn get_vp_index_from_apic_id() {
 #[test]
 fn output_layouts_encode_where_the_tlfs_says() {
     use zerocopy::IntoBytes;
-    let out = GetPartitionIdOutput { partition_id: PartitionId(0x0102_0304_0506_0708) };
+    let out = GetPartitionIdOutput {
+        partition_id: PartitionId(0x0102_0304_0506_0708),
+    };
     assert_eq!(out.as_bytes(), &[8, 7, 6, 5, 4, 3, 2, 1]);
-    let vp = VpIndexElement { vp_index: VpIndex(0x0A0B_0C0D) };
+    let vp = VpIndexElement {
+        vp_index: VpIndex(0x0A0B_0C0D),
+    };
     assert_eq!(vp.as_bytes(), &[0x0D, 0x0C, 0x0B, 0x0A]);
     let v = HvRegisterValue { low: 1, high: 2 };
     assert_eq!(&v.as_bytes()[..8], &1u64.to_le_bytes());
@@ -216,7 +233,13 @@ fn hostile_placements_are_errors_not_panics() {
     let page = [0u8; 4096];
     // Short input.
     let e = StartVirtualProcessorInput::read_from_guest(&page[..239], GPA).unwrap_err();
-    assert_eq!(e, InputError::Short { needed: 240, available: 239 });
+    assert_eq!(
+        e,
+        InputError::Short {
+            needed: 240,
+            available: 239
+        }
+    );
     assert!(StartVirtualProcessorInput::read_from_guest(&[], GPA).is_err());
     // Misaligned GPA.
     for delta in 1..8 {
@@ -225,14 +248,23 @@ fn hostile_placements_are_errors_not_panics() {
     }
     // Straddles a page: 240 bytes starting 232 bytes before the page end.
     let e = StartVirtualProcessorInput::read_from_guest(&page, 0x2000 - 232).unwrap_err();
-    assert_eq!(e, InputError::CrossesPage { gpa: 0x2000 - 232, len: 240 });
+    assert_eq!(
+        e,
+        InputError::CrossesPage {
+            gpa: 0x2000 - 232,
+            len: 240
+        }
+    );
     assert_eq!(e.status(), HvError::INVALID_PARAMETER);
     // The highest GPA does not overflow.
     assert!(check_parameter_block(u64::MAX - 7, 16).is_err());
     assert!(check_parameter_block(0, 4097).is_err());
     // Every error formats.
     for e in [
-        InputError::Short { needed: 1, available: 0 },
+        InputError::Short {
+            needed: 1,
+            available: 0,
+        },
         InputError::Misaligned { gpa: 1 },
         InputError::CrossesPage { gpa: 8, len: 4096 },
         InputError::Reserved { field: "x" },

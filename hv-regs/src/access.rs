@@ -1,0 +1,212 @@
+//! Reading and writing registers by HV name through a vCPU's KVM state.
+
+use core::fmt;
+
+use hv_defs::{HvError, HvRegisterValue};
+use kvm_bindings::{kvm_debugregs, kvm_regs, kvm_sregs};
+
+use crate::location::{
+    activity_from_mp_state, location, mp_state_from_activity, segment_from_kvm, segment_to_kvm,
+    table_from_kvm, table_to_kvm, Debug, KvmRegister, Synthetic,
+};
+use crate::validate::{validate, RegisterFault};
+use crate::HvRegisterName;
+
+/// A vCPU's state, grouped the way KVM's ioctls group it, plus the VP model's own
+/// registers.
+///
+/// The partition crate implements this over `kvm_ioctls::VcpuFd` and its VP model;
+/// the tests of this crate implement it over a bare `VcpuFd`. Every method takes
+/// `&self`, as KVM's vCPU ioctls do.
+pub trait VcpuRegisters {
+    /// The backend's error (an ioctl failure, for KVM).
+    type Error;
+
+    /// KVM_GET_REGS.
+    fn get_regs(&self) -> Result<kvm_regs, Self::Error>;
+    /// KVM_SET_REGS.
+    fn set_regs(&self, regs: &kvm_regs) -> Result<(), Self::Error>;
+    /// KVM_GET_SREGS.
+    fn get_sregs(&self) -> Result<kvm_sregs, Self::Error>;
+    /// KVM_SET_SREGS.
+    fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), Self::Error>;
+    /// KVM_GET_DEBUGREGS.
+    fn get_debugregs(&self) -> Result<kvm_debugregs, Self::Error>;
+    /// KVM_SET_DEBUGREGS.
+    fn set_debugregs(&self, dregs: &kvm_debugregs) -> Result<(), Self::Error>;
+    /// XCR0 through KVM_GET_XCRS.
+    fn get_xcr0(&self) -> Result<u64, Self::Error>;
+    /// XCR0 through KVM_SET_XCRS.
+    fn set_xcr0(&self, value: u64) -> Result<(), Self::Error>;
+    /// One MSR through KVM_GET_MSRS.
+    fn get_msr(&self, index: u32) -> Result<u64, Self::Error>;
+    /// One MSR through KVM_SET_MSRS.
+    fn set_msr(&self, index: u32, value: u64) -> Result<(), Self::Error>;
+    /// KVM_GET_MP_STATE.
+    fn get_mp_state(&self) -> Result<u32, Self::Error>;
+    /// KVM_SET_MP_STATE.
+    fn set_mp_state(&self, state: u32) -> Result<(), Self::Error>;
+    /// A register of the VP model.
+    fn get_synthetic(&self, reg: Synthetic) -> Result<u64, Self::Error>;
+    /// Writes a register of the VP model; the value has been validated.
+    fn set_synthetic(&self, reg: Synthetic, value: u64) -> Result<(), Self::Error>;
+}
+
+/// Why a register access failed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AccessError<E> {
+    /// The name or value was refused; the vCPU was not touched.
+    Fault(RegisterFault),
+    /// The backend failed.
+    Backend(E),
+}
+
+impl<E> AccessError<E> {
+    /// The HV_STATUS to report: the fault's status, or `HV_STATUS_INVALID_PARAMETER`
+    /// when the backend (KVM) refused the value.
+    pub fn status(&self) -> HvError {
+        match self {
+            AccessError::Fault(f) => f.status(),
+            AccessError::Backend(_) => HvError::INVALID_PARAMETER,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for AccessError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AccessError::Fault(x) => write!(f, "{x}"),
+            AccessError::Backend(e) => write!(f, "KVM refused the access: {e}"),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for AccessError<E> {}
+
+fn backend<E>(e: E) -> AccessError<E> {
+    AccessError::Backend(e)
+}
+
+/// Reads register `name` of `vcpu`.
+pub fn get_register<V: VcpuRegisters>(
+    vcpu: &V,
+    name: HvRegisterName,
+) -> Result<HvRegisterValue, AccessError<V::Error>> {
+    let loc = location(name).ok_or(AccessError::Fault(RegisterFault::UnknownName(name)))?;
+    Ok(match loc {
+        KvmRegister::Gpr(g) => g.field(&vcpu.get_regs().map_err(backend)?).into(),
+        KvmRegister::Segment(s) => {
+            segment_from_kvm(s.field(&vcpu.get_sregs().map_err(backend)?)).into()
+        }
+        KvmRegister::Table(t) => {
+            table_from_kvm(t.field(&vcpu.get_sregs().map_err(backend)?)).into()
+        }
+        KvmRegister::Control(c) => c.field(&vcpu.get_sregs().map_err(backend)?).into(),
+        KvmRegister::Debug(d) => {
+            let dr = vcpu.get_debugregs().map_err(backend)?;
+            match d {
+                Debug::Dr(n) => dr.db[(n & 3) as usize],
+                Debug::Dr6 => dr.dr6,
+                Debug::Dr7 => dr.dr7,
+            }
+            .into()
+        }
+        KvmRegister::Xcr0 => vcpu.get_xcr0().map_err(backend)?.into(),
+        KvmRegister::Msr(i) => vcpu.get_msr(i).map_err(backend)?.into(),
+        KvmRegister::MpState => {
+            activity_from_mp_state(vcpu.get_mp_state().map_err(backend)?).into()
+        }
+        KvmRegister::Synthetic(s) => vcpu.get_synthetic(s).map_err(backend)?.into(),
+    })
+}
+
+/// Writes `value` to register `name` of `vcpu`, after [`validate`]; a refused value
+/// leaves the vCPU untouched.
+///
+/// Like HvSetVpRegisters, it has no side effects beyond the register itself.
+pub fn set_register<V: VcpuRegisters>(
+    vcpu: &V,
+    name: HvRegisterName,
+    value: HvRegisterValue,
+) -> Result<(), AccessError<V::Error>> {
+    validate(name, value).map_err(AccessError::Fault)?;
+    let loc = location(name).ok_or(AccessError::Fault(RegisterFault::UnknownName(name)))?;
+    let low = value.low;
+    match loc {
+        KvmRegister::Gpr(g) => {
+            let mut regs = vcpu.get_regs().map_err(backend)?;
+            *g.field_mut(&mut regs) = low;
+            vcpu.set_regs(&regs).map_err(backend)
+        }
+        KvmRegister::Segment(s) => {
+            let mut sregs = vcpu.get_sregs().map_err(backend)?;
+            *s.field_mut(&mut sregs) = segment_to_kvm(value.as_segment());
+            vcpu.set_sregs(&sregs).map_err(backend)
+        }
+        KvmRegister::Table(t) => {
+            let mut sregs = vcpu.get_sregs().map_err(backend)?;
+            *t.field_mut(&mut sregs) = table_to_kvm(value.as_table());
+            vcpu.set_sregs(&sregs).map_err(backend)
+        }
+        KvmRegister::Control(c) => {
+            let mut sregs = vcpu.get_sregs().map_err(backend)?;
+            *c.field_mut(&mut sregs) = low;
+            vcpu.set_sregs(&sregs).map_err(backend)
+        }
+        KvmRegister::Debug(d) => {
+            let mut dr = vcpu.get_debugregs().map_err(backend)?;
+            match d {
+                Debug::Dr(n) => dr.db[(n & 3) as usize] = low,
+                Debug::Dr6 => dr.dr6 = low,
+                Debug::Dr7 => dr.dr7 = low,
+            }
+            vcpu.set_debugregs(&dr).map_err(backend)
+        }
+        KvmRegister::Xcr0 => vcpu.set_xcr0(low).map_err(backend),
+        KvmRegister::Msr(i) => vcpu.set_msr(i, low).map_err(backend),
+        KvmRegister::MpState => {
+            // validate() guarantees the value is representable.
+            let mp = mp_state_from_activity(low).ok_or(AccessError::Fault(
+                RegisterFault::Inconsistent {
+                    name,
+                    why: "activity state KVM cannot represent",
+                },
+            ))?;
+            vcpu.set_mp_state(mp).map_err(backend)
+        }
+        KvmRegister::Synthetic(s) => vcpu.set_synthetic(s, low).map_err(backend),
+    }
+}
+
+/// HvRegisterVsmVpStatus: active VTL (bits 3:0), active MBEC (bit 4), enabled VTL
+/// set (bits 23:8).
+///
+/// ```
+/// use hv_regs::VsmVpStatus;
+/// use hv_defs::Vtl;
+/// let s = VsmVpStatus::new(Vtl::VTL2, 0b101);
+/// assert_eq!(s.active_vtl(), Vtl::VTL2);
+/// assert_eq!(s.enabled_vtl_set(), 0b101);
+/// assert_eq!(s.0, 0x0502);
+/// ```
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VsmVpStatus(pub u64);
+
+impl VsmVpStatus {
+    /// A status with `active` as the active VTL and `enabled` as the enabled set.
+    pub const fn new(active: hv_defs::Vtl, enabled: u16) -> Self {
+        VsmVpStatus((active.0 as u64 & 0xF) | ((enabled as u64) << 8))
+    }
+    /// Active VTL (bits 3:0).
+    pub const fn active_vtl(self) -> hv_defs::Vtl {
+        hv_defs::Vtl((self.0 & 0xF) as u8)
+    }
+    /// Active MBEC (bit 4).
+    pub const fn active_mbec_enabled(self) -> bool {
+        self.0 & (1 << 4) != 0
+    }
+    /// Set of enabled VTLs, bit n for VTL n (bits 23:8).
+    pub const fn enabled_vtl_set(self) -> u16 {
+        ((self.0 >> 8) & 0xFFFF) as u16
+    }
+}

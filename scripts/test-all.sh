@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it: set-up, format, lints, tests on the
+# real /dev/kvm under coverage, doc tests, docs, and the per-crate coverage gate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+# KVM tests must fail loudly, never skip, when /dev/kvm is unusable.
+if ! python3 -c 'import os; os.close(os.open("/dev/kvm", os.O_RDWR))' 2>/dev/null; then
+  echo "error: /dev/kvm cannot be opened read-write by $(id -un); the tests need KVM" >&2
+  ls -l /dev/kvm >&2 || true
+  exit 1
+fi
+
+llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+export LLVM_PROFDATA="/usr/lib/llvm-${llvm_major}/bin/llvm-profdata"
+export LLVM_COV="/usr/lib/llvm-${llvm_major}/bin/llvm-cov"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests (cargo nextest under cargo llvm-cov)"
+cargo llvm-cov nextest --workspace --locked --no-fail-fast --json --output-path target/coverage.json
+
+step "doc tests"
+cargo test --workspace --doc --locked
+
+step "cargo doc -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+step "coverage gate (coverage_config.json)"
+python3 scripts/coverage_gate.py target/coverage.json coverage_config.json
