@@ -1,0 +1,362 @@
+//! KVM vCPU exits as typed exit contexts modelled on `WHV_RUN_VP_EXIT_CONTEXT`.
+//!
+//! [`decode`] turns what `VcpuFd::run` returned into a [`VpExit`]: memory access,
+//! port I/O, MSR access, halt, interrupt window, APIC EOI, unrecoverable exception
+//! (shutdown / triple fault), invalid VP register value (failed entry), canceled,
+//! system event, internal error, and an explicit [`VpExit::Other`] that keeps the raw
+//! KVM exit reason. It is total: every exit and every `run` error maps to a variant.
+//!
+//! It reports; the caller decides. Reads (port IN, MMIO read, RDMSR) carry the
+//! buffer the caller fills to complete them, exactly as KVM expects.
+//!
+//! The Hyper-V hypercall page this project installs traps with a 32-bit `OUT` to a
+//! port (see [`HYPERCALL_PAGE`]); [`VpExit::is_hypercall_trap`] recognises it, and
+//! [`HypercallExit::from_regs`] decodes the TLFS register ABI (RCX control word, RDX
+//! input GPA, R8 output GPA) from the GPRs KVM syncs into `kvm_run` (enable
+//! [`enable_sync_regs`]), without a `KVM_GET_REGS` round trip.
+//!
+//! ```
+//! use exit_decoder::{decode, VpExit};
+//! use kvm_ioctls::VcpuExit;
+//!
+//! let exit = decode(Ok(VcpuExit::IoOut(0x3F8, &[b'A'])));
+//! assert!(matches!(exit, VpExit::IoPortAccess { port: 0x3F8, .. }));
+//! let canceled = decode(Err(kvm_ioctls::Error::new(libc_eintr())));
+//! assert!(matches!(canceled, VpExit::Canceled));
+//! # fn libc_eintr() -> i32 { 4 }
+//! ```
+#![deny(missing_docs)]
+
+use hv_defs::HypercallControl;
+use kvm_bindings::{kvm_regs, kvm_run, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES};
+use kvm_ioctls::{MsrExitReason, VcpuExit, VcpuFd};
+
+/// The hypercall page this project writes into guest memory: `out %eax, $0xE0; ret`,
+/// padded with `int3`. A 32-bit OUT to port [`HYPERCALL_PORT`] exits to user space;
+/// RCX, RDX and R8 keep the TLFS hypercall ABI and only RAX is written back.
+pub const HYPERCALL_PAGE: [u8; 3] = [0xE7, HYPERCALL_PORT as u8, 0xC3];
+
+/// The port the hypercall page traps on.
+pub const HYPERCALL_PORT: u16 = 0xE0;
+
+/// Errno values `KVM_RUN` returns when it was interrupted before entering the guest.
+const EINTR: i32 = 4;
+const EAGAIN: i32 = 11;
+
+/// Direction and data of a port or memory access.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Access<'a> {
+    /// A read: fill the buffer with the value to return to the guest.
+    Read(&'a mut [u8]),
+    /// A write of these bytes.
+    Write(&'a [u8]),
+}
+
+impl Access<'_> {
+    /// Size of the access in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Access::Read(d) => d.len(),
+            Access::Write(d) => d.len(),
+        }
+    }
+
+    /// Whether the access has no bytes (never the case for a KVM exit).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the access is a write.
+    pub fn is_write(&self) -> bool {
+        matches!(self, Access::Write(_))
+    }
+
+    /// The written value as a little-endian integer (up to 8 bytes), if a write.
+    pub fn written_value(&self) -> Option<u64> {
+        match self {
+            Access::Write(d) => {
+                let mut b = [0u8; 8];
+                let n = d.len().min(8);
+                b[..n].copy_from_slice(&d[..n]);
+                Some(u64::from_le_bytes(b))
+            }
+            Access::Read(_) => None,
+        }
+    }
+}
+
+/// An MSR access that reached user space (KVM_CAP_X86_USER_SPACE_MSR).
+#[derive(Debug)]
+pub struct MsrAccess<'a> {
+    /// The MSR index.
+    pub index: u32,
+    /// Why KVM forwarded it.
+    pub reason: MsrExitReason,
+    /// `Some(value)` for WRMSR; `None` for RDMSR.
+    pub written: Option<u64>,
+    /// For RDMSR: the value to return.
+    pub read: Option<&'a mut u64>,
+    /// Set to 1 to inject #GP instead of completing the access.
+    pub error: &'a mut u8,
+}
+
+/// Why KVM could not run or emulate the guest (`KVM_EXIT_INTERNAL_ERROR`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InternalError {
+    /// KVM's sub-error (`KVM_INTERNAL_ERROR_*`).
+    pub suberror: u32,
+    /// The extra data words KVM supplied (at most 16).
+    pub data: Vec<u64>,
+    /// For an emulation failure that reports them, the instruction bytes KVM could
+    /// not emulate.
+    pub instruction_bytes: Option<Vec<u8>>,
+}
+
+impl InternalError {
+    /// `KVM_INTERNAL_ERROR_EMULATION`: the instruction emulator failed.
+    pub const EMULATION: u32 = 1;
+    /// `KVM_INTERNAL_ERROR_SIMUL_EX`: an exception while delivering an exception.
+    pub const SIMUL_EX: u32 = 2;
+    /// `KVM_INTERNAL_ERROR_DELIVERY_EV`: an event could not be delivered.
+    pub const DELIVERY_EV: u32 = 3;
+    /// `KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON`.
+    pub const UNEXPECTED_EXIT_REASON: u32 = 4;
+
+    /// Reads the internal-error details KVM left in `run`. Call it after a
+    /// [`VpExit::InternalError`], once the exit's borrow of the vCPU has ended.
+    pub fn from_run(run: &kvm_run) -> InternalError {
+        // SAFETY: `internal` is a plain-old-data view (u32, u32, [u64; 16]) of the
+        // kvm_run exit union; every bit pattern is a valid value of it, and KVM
+        // wrote it for KVM_EXIT_INTERNAL_ERROR.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let ndata = (internal.ndata as usize).min(internal.data.len());
+        let data = internal.data[..ndata].to_vec();
+        let mut instruction_bytes = None;
+        // The emulation_failure view overlays the same words: flags in data[0],
+        // then insn_size (one byte) and up to 15 instruction bytes.
+        if internal.suberror == Self::EMULATION
+            && ndata >= 3
+            && data[0] & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES as u64 != 0
+        {
+            let mut raw = [0u8; 16];
+            raw[..8].copy_from_slice(&data[1].to_le_bytes());
+            raw[8..].copy_from_slice(&data[2].to_le_bytes());
+            let len = (raw[0] as usize).min(15);
+            instruction_bytes = Some(raw[1..1 + len].to_vec());
+        }
+        InternalError {
+            suberror: internal.suberror,
+            data,
+            instruction_bytes,
+        }
+    }
+}
+
+/// A typed vCPU exit, after `WHV_RUN_VP_EXIT_CONTEXT`.
+#[derive(Debug)]
+pub enum VpExit<'a> {
+    /// WHvRunVpExitReasonMemoryAccess: an access to a GPA with no memory behind it.
+    MemoryAccess {
+        /// The guest-physical address.
+        gpa: u64,
+        /// Direction and data.
+        access: Access<'a>,
+    },
+    /// WHvRunVpExitReasonX64IoPortAccess. For a string or REP instruction the data
+    /// holds every element (size x count bytes).
+    IoPortAccess {
+        /// The port.
+        port: u16,
+        /// Direction and data.
+        access: Access<'a>,
+    },
+    /// WHvRunVpExitReasonX64MsrAccess.
+    MsrAccess(MsrAccess<'a>),
+    /// WHvRunVpExitReasonX64Halt (no in-kernel LAPIC).
+    Halt,
+    /// WHvRunVpExitReasonX64InterruptWindow: the guest can take an interrupt.
+    InterruptWindow,
+    /// WHvRunVpExitReasonX64ApicEoi: an EOI for a level-triggered vector (split
+    /// irqchip).
+    ApicEoi {
+        /// The vector.
+        vector: u8,
+    },
+    /// WHvRunVpExitReasonUnrecoverableException: shutdown, e.g. a triple fault.
+    UnrecoverableException,
+    /// WHvRunVpExitReasonInvalidVpRegisterValue: VM entry failed on the state.
+    InvalidVpRegisterValue {
+        /// The hardware's entry-failure reason.
+        hardware_reason: u64,
+        /// The physical CPU.
+        cpu: u32,
+    },
+    /// WHvRunVpExitReasonCanceled: the run was interrupted by the host (a signal,
+    /// `immediate_exit`, or KVM_EXIT_INTR).
+    Canceled,
+    /// A KVM system event (shutdown, reset, crash).
+    SystemEvent {
+        /// `KVM_SYSTEM_EVENT_*`.
+        kind: u32,
+        /// Event data.
+        data: &'a [u64],
+    },
+    /// KVM could not run or emulate the guest; read the details with
+    /// [`InternalError::from_run`].
+    InternalError,
+    /// A guest access KVM reported as a memory fault (guest_memfd, attributes).
+    MemoryFault {
+        /// The GPA.
+        gpa: u64,
+        /// The size.
+        size: u64,
+        /// `KVM_MEMORY_EXIT_FLAG_*`.
+        flags: u64,
+    },
+    /// A KVM exception exit (KVM_EXIT_EXCEPTION / KVM_EXIT_DEBUG).
+    Exception,
+    /// Any other exit, with KVM's raw exit reason.
+    Other {
+        /// `KVM_EXIT_*`, or 0 if unknown.
+        reason: u32,
+    },
+    /// `KVM_RUN` failed with this errno.
+    RunFailed {
+        /// The errno.
+        errno: i32,
+    },
+}
+
+impl VpExit<'_> {
+    /// Whether this exit is the hypercall page's trap: a 4-byte OUT to `port`.
+    pub fn is_hypercall_trap(&self, port: u16) -> bool {
+        matches!(self, VpExit::IoPortAccess { port: p, access: Access::Write(d) } if *p == port && d.len() == 4)
+    }
+}
+
+/// Decodes the result of `VcpuFd::run`. Total: every exit and every error maps to a
+/// variant.
+pub fn decode<'a>(result: Result<VcpuExit<'a>, kvm_ioctls::Error>) -> VpExit<'a> {
+    let exit = match result {
+        Ok(e) => e,
+        Err(e) if e.errno() == EINTR || e.errno() == EAGAIN => return VpExit::Canceled,
+        Err(e) => return VpExit::RunFailed { errno: e.errno() },
+    };
+    match exit {
+        VcpuExit::IoOut(port, data) => VpExit::IoPortAccess {
+            port,
+            access: Access::Write(data),
+        },
+        VcpuExit::IoIn(port, data) => VpExit::IoPortAccess {
+            port,
+            access: Access::Read(data),
+        },
+        VcpuExit::MmioRead(gpa, data) => VpExit::MemoryAccess {
+            gpa,
+            access: Access::Read(data),
+        },
+        VcpuExit::MmioWrite(gpa, data) => VpExit::MemoryAccess {
+            gpa,
+            access: Access::Write(data),
+        },
+        VcpuExit::X86Rdmsr(m) => VpExit::MsrAccess(MsrAccess {
+            index: m.index,
+            reason: m.reason,
+            written: None,
+            read: Some(m.data),
+            error: m.error,
+        }),
+        VcpuExit::X86Wrmsr(m) => VpExit::MsrAccess(MsrAccess {
+            index: m.index,
+            reason: m.reason,
+            written: Some(m.data),
+            read: None,
+            error: m.error,
+        }),
+        VcpuExit::Hlt => VpExit::Halt,
+        VcpuExit::IrqWindowOpen => VpExit::InterruptWindow,
+        VcpuExit::IoapicEoi(vector) => VpExit::ApicEoi { vector },
+        VcpuExit::Shutdown => VpExit::UnrecoverableException,
+        VcpuExit::FailEntry(hardware_reason, cpu) => VpExit::InvalidVpRegisterValue {
+            hardware_reason,
+            cpu,
+        },
+        VcpuExit::Intr => VpExit::Canceled,
+        VcpuExit::SystemEvent(kind, data) => VpExit::SystemEvent { kind, data },
+        VcpuExit::InternalError => VpExit::InternalError,
+        VcpuExit::MemoryFault { flags, gpa, size } => VpExit::MemoryFault { gpa, size, flags },
+        VcpuExit::Exception | VcpuExit::Debug(_) => VpExit::Exception,
+        VcpuExit::Unsupported(reason) => VpExit::Other { reason },
+        VcpuExit::Hypercall(_) => VpExit::Other {
+            reason: kvm_bindings::KVM_EXIT_HYPERCALL,
+        },
+        VcpuExit::SetTpr => VpExit::Other {
+            reason: kvm_bindings::KVM_EXIT_SET_TPR,
+        },
+        VcpuExit::TprAccess => VpExit::Other {
+            reason: kvm_bindings::KVM_EXIT_TPR_ACCESS,
+        },
+        VcpuExit::Nmi => VpExit::Other {
+            reason: kvm_bindings::KVM_EXIT_NMI,
+        },
+        VcpuExit::Hyperv => VpExit::Other {
+            reason: kvm_bindings::KVM_EXIT_HYPERV,
+        },
+        VcpuExit::Unknown
+        | VcpuExit::S390Sieic
+        | VcpuExit::S390Reset
+        | VcpuExit::Dcr
+        | VcpuExit::Osi
+        | VcpuExit::PaprHcall
+        | VcpuExit::S390Ucontrol
+        | VcpuExit::Watchdog
+        | VcpuExit::S390Tsch
+        | VcpuExit::Epr
+        | VcpuExit::S390Stsi => VpExit::Other { reason: 0 },
+    }
+}
+
+/// A guest hypercall trapped by the hypercall page, with the TLFS register ABI
+/// decoded.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct HypercallExit {
+    /// The hypercall input value (RCX).
+    pub control: HypercallControl,
+    /// RDX: the input GPA, or the first fast input.
+    pub rdx: u64,
+    /// R8: the output GPA, or the second fast input.
+    pub r8: u64,
+    /// RIP of the trapping instruction's successor is RIP + 2 once KVM completes
+    /// the OUT; this is the RIP KVM reported.
+    pub rip: u64,
+}
+
+impl HypercallExit {
+    /// Decodes the hypercall registers.
+    pub fn from_regs(regs: &kvm_regs) -> Self {
+        HypercallExit {
+            control: HypercallControl(regs.rcx),
+            rdx: regs.rdx,
+            r8: regs.r8,
+            rip: regs.rip,
+        }
+    }
+}
+
+/// Asks KVM to copy the GPRs into `kvm_run` on every exit, so a hypercall exit can be
+/// decoded with [`sync_regs`] instead of `KVM_GET_REGS`.
+pub fn enable_sync_regs(vcpu: &mut VcpuFd) {
+    vcpu.set_sync_valid_reg(kvm_ioctls::SyncReg::Register);
+}
+
+/// The GPRs KVM synced into `kvm_run` at the last exit ([`enable_sync_regs`]).
+pub fn sync_regs(vcpu: &VcpuFd) -> kvm_regs {
+    vcpu.sync_regs().regs
+}
+
+/// Writes `rax` back through the synced registers: KVM loads it on the next
+/// `KVM_RUN` without a `KVM_SET_REGS` (the hypercall result).
+pub fn set_rax_on_next_run(vcpu: &mut VcpuFd, rax: u64) {
+    vcpu.sync_regs_mut().regs.rax = rax;
+    vcpu.set_sync_dirty_reg(kvm_ioctls::SyncReg::Register);
+}
