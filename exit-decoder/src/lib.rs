@@ -26,6 +26,9 @@
 //! # fn libc_eintr() -> i32 { 4 }
 //! ```
 #![deny(missing_docs)]
+// Guest-visible enums are matched without catch-all arms, so a new variant breaks
+// the build until it is handled.
+#![deny(clippy::wildcard_enum_match_arm)]
 
 use hv_defs::HypercallControl;
 use kvm_bindings::{kvm_regs, kvm_run, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES};

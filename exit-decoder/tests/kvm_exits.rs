@@ -1,5 +1,4 @@
 //! Real exits from a small real-mode guest on `/dev/kvm`, decoded.
-#![allow(clippy::wildcard_enum_match_arm)] // a test names the exit it expects and reports any other
 
 use exit_decoder::*;
 use kvm_bindings::{kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_X86_USER_SPACE_MSR};

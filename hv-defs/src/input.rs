@@ -116,8 +116,15 @@ pub trait GuestInput: FromBytes + IntoBytes + KnownLayout + Immutable + Sized {
     /// Fails, without panicking, when `gpa` is misaligned, the layout would cross a
     /// page, `bytes` is short, or an RsvdZ field is set.
     fn read_from_guest(bytes: &[u8], gpa: u64) -> Result<Self, InputError> {
+        check_parameter_block(gpa, core::mem::size_of::<Self>() as u64)?;
+        Self::parse(bytes)
+    }
+
+    /// Reads the layout from the start of `bytes` without a placement check: for
+    /// the elements of a rep list, whose whole block was checked (elements of 4
+    /// bytes are not 8-byte aligned). Short input or a set RsvdZ field is an error.
+    fn parse(bytes: &[u8]) -> Result<Self, InputError> {
         let size = core::mem::size_of::<Self>();
-        check_parameter_block(gpa, size as u64)?;
         let value = Self::read_from_prefix(bytes)
             .map_err(|_| InputError::Short {
                 needed: size,

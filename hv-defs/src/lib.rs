@@ -42,6 +42,9 @@
 //! ```
 #![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
+// Guest-visible enums are matched without catch-all arms, so a new variant breaks
+// the build until it is handled.
+#![deny(clippy::wildcard_enum_match_arm)]
 #![forbid(unsafe_code)]
 
 #[doc(hidden)]

@@ -200,7 +200,9 @@ fn get_vp_index_from_apic_id() {
     assert_eq!(h.partition_id, PartitionId(9));
     assert_eq!(h.target_vtl.target(), Ok(Some(Vtl::VTL1)));
     let a0 = ApicIdElement::read_from_guest(&page[16..], GPA + 16).unwrap();
-    let a1 = ApicIdElement::read_from_guest(&page[20..], GPA + 16).unwrap();
+    // Rep elements of 4 bytes sit at 4-byte offsets: parse() does not check placement.
+    let a1 = ApicIdElement::parse(&page[20..]).unwrap();
+    assert!(ApicIdElement::read_from_guest(&page[20..], GPA + 20).is_err());
     assert_eq!((a0.apic_id, a1.apic_id), (0xA1, 0xB2));
     for off in 9..16 {
         let mut bad = page;

@@ -178,6 +178,99 @@ pub fn set_register<V: VcpuRegisters>(
     }
 }
 
+/// Writes several registers as one batch, the way HvSetVpRegisters applies a rep
+/// list: every value is validated first (a refused one is reported with its
+/// position and nothing is written); then each group of KVM state (`kvm_sregs`,
+/// `kvm_regs`, debug registers, XCR0, MSRs, MP state, VP model) is read once,
+/// updated with all of its registers, and written once. A batch can therefore move
+/// a vCPU into long mode (CR0, CR4, EFER and CS together), which single writes
+/// cannot because KVM checks each intermediate state.
+///
+/// On a backend failure the position is that of the first register of the group
+/// KVM refused; groups written before it stay written.
+pub fn set_registers<V: VcpuRegisters>(
+    vcpu: &V,
+    values: &[(HvRegisterName, HvRegisterValue)],
+) -> Result<(), (usize, AccessError<V::Error>)> {
+    let mut locs = Vec::with_capacity(values.len());
+    for (i, &(name, value)) in values.iter().enumerate() {
+        validate(name, value).map_err(|f| (i, AccessError::Fault(f)))?;
+        let loc =
+            location(name).ok_or((i, AccessError::Fault(RegisterFault::UnknownName(name))))?;
+        locs.push(loc);
+    }
+    let first = |pred: &dyn Fn(&KvmRegister) -> bool| locs.iter().position(pred);
+    let fail = |i: Option<usize>| move |e| (i.unwrap_or(0), AccessError::Backend(e));
+
+    let is_sregs = |l: &KvmRegister| {
+        matches!(
+            l,
+            KvmRegister::Segment(_) | KvmRegister::Table(_) | KvmRegister::Control(_)
+        )
+    };
+    if let Some(i0) = first(&is_sregs) {
+        let mut sregs = vcpu.get_sregs().map_err(fail(Some(i0)))?;
+        for (loc, &(_, value)) in locs.iter().zip(values) {
+            match *loc {
+                KvmRegister::Segment(s) => {
+                    *s.field_mut(&mut sregs) = segment_to_kvm(value.as_segment())
+                }
+                KvmRegister::Table(t) => *t.field_mut(&mut sregs) = table_to_kvm(value.as_table()),
+                KvmRegister::Control(c) => *c.field_mut(&mut sregs) = value.low,
+                KvmRegister::Gpr(_)
+                | KvmRegister::Debug(_)
+                | KvmRegister::Xcr0
+                | KvmRegister::Msr(_)
+                | KvmRegister::MpState
+                | KvmRegister::Synthetic(_) => {}
+            }
+        }
+        vcpu.set_sregs(&sregs).map_err(fail(Some(i0)))?;
+    }
+    if let Some(i0) = first(&|l| matches!(l, KvmRegister::Gpr(_))) {
+        let mut regs = vcpu.get_regs().map_err(fail(Some(i0)))?;
+        for (loc, &(_, value)) in locs.iter().zip(values) {
+            if let KvmRegister::Gpr(g) = *loc {
+                *g.field_mut(&mut regs) = value.low;
+            }
+        }
+        vcpu.set_regs(&regs).map_err(fail(Some(i0)))?;
+    }
+    if let Some(i0) = first(&|l| matches!(l, KvmRegister::Debug(_))) {
+        let mut dr = vcpu.get_debugregs().map_err(fail(Some(i0)))?;
+        for (loc, &(_, value)) in locs.iter().zip(values) {
+            match *loc {
+                KvmRegister::Debug(Debug::Dr(n)) => dr.db[(n & 3) as usize] = value.low,
+                KvmRegister::Debug(Debug::Dr6) => dr.dr6 = value.low,
+                KvmRegister::Debug(Debug::Dr7) => dr.dr7 = value.low,
+                KvmRegister::Gpr(_)
+                | KvmRegister::Segment(_)
+                | KvmRegister::Table(_)
+                | KvmRegister::Control(_)
+                | KvmRegister::Xcr0
+                | KvmRegister::Msr(_)
+                | KvmRegister::MpState
+                | KvmRegister::Synthetic(_) => {}
+            }
+        }
+        vcpu.set_debugregs(&dr).map_err(fail(Some(i0)))?;
+    }
+    for (i, (loc, &(name, value))) in locs.iter().zip(values).enumerate() {
+        match *loc {
+            KvmRegister::Xcr0
+            | KvmRegister::Msr(_)
+            | KvmRegister::MpState
+            | KvmRegister::Synthetic(_) => set_register(vcpu, name, value).map_err(|e| (i, e))?,
+            KvmRegister::Gpr(_)
+            | KvmRegister::Segment(_)
+            | KvmRegister::Table(_)
+            | KvmRegister::Control(_)
+            | KvmRegister::Debug(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// HvRegisterVsmVpStatus: active VTL (bits 3:0), active MBEC (bit 4), enabled VTL
 /// set (bits 23:8).
 ///

@@ -20,6 +20,9 @@
 //! assert_eq!(fault.status(), hv_defs::HvError::INVALID_PARAMETER);
 //! ```
 #![deny(missing_docs)]
+// Guest-visible enums are matched without catch-all arms, so a new variant breaks
+// the build until it is handled.
+#![deny(clippy::wildcard_enum_match_arm)]
 #![forbid(unsafe_code)]
 
 mod access;
@@ -28,7 +31,9 @@ mod location;
 mod name;
 mod validate;
 
-pub use access::{get_register, set_register, AccessError, VcpuRegisters, VsmVpStatus};
+pub use access::{
+    get_register, set_register, set_registers, AccessError, VcpuRegisters, VsmVpStatus,
+};
 pub use context::{context_status, context_to_kvm, load_context, KvmVpContext};
 pub use location::{
     activity_from_mp_state, location, mp_state, mp_state_from_activity, msr, segment_from_kvm,

@@ -298,3 +298,48 @@ fn load_context_sets_what_the_context_says() {
     );
     assert_eq!(snapshot(&vcpu), before);
 }
+
+#[test]
+fn a_batch_reaches_long_mode_where_single_writes_cannot() {
+    use HvRegisterName as N;
+    let kvm = common::open_kvm();
+    let vm = kvm.create_vm().unwrap();
+    vm.create_irq_chip().unwrap();
+    let vcpu = TestVcpu {
+        fd: vm.create_vcpu(0).unwrap(),
+        synthetic: Default::default(),
+    };
+    let c = long_mode_context();
+    let batch: Vec<(HvRegisterName, HvRegisterValue)> = vec![
+        (N::CR0, c.cr0.into()),
+        (N::CR3, c.cr3.into()),
+        (N::CR4, c.cr4.into()),
+        (N::EFER, c.efer.into()),
+        (N::CS, c.cs.into()),
+        (N::SS, c.ss.into()),
+        (N::TR, c.tr.into()),
+        (N::GDTR, c.gdtr.into()),
+        (N::RIP, c.rip.into()),
+        (N::DR7, 0x401u64.into()),
+        (N::PAT, 0x0007_0406_0007_0406u64.into()),
+        (N::EXPLICIT_SUSPEND, 1u64.into()),
+    ];
+    // One at a time, KVM refuses the intermediate states.
+    assert!(set_register(&vcpu, N::EFER, c.efer.into()).is_err());
+    set_registers(&vcpu, &batch).unwrap();
+    for (name, value) in &batch {
+        assert_eq!(get_register(&vcpu, *name).unwrap(), *value, "{name:?}");
+    }
+    // A refused value is reported with its position, and nothing is written.
+    let before = get_register(&vcpu, N::RIP).unwrap();
+    let bad = [(N::RIP, 0x2000u64.into()), (N::CR8, 0x10u64.into())];
+    let (at, e) = set_registers(&vcpu, &bad).unwrap_err();
+    assert_eq!(at, 1);
+    assert!(matches!(e, AccessError::Fault(_)));
+    assert_eq!(get_register(&vcpu, N::RIP).unwrap(), before);
+    // A batch KVM refuses as a whole names its first register of the refused group.
+    let (at, e) =
+        set_registers(&vcpu, &[(N::RAX, 1u64.into()), (N::CR0, 0x11u64.into())]).unwrap_err();
+    assert_eq!(at, 1);
+    assert!(matches!(e, AccessError::Backend(_)));
+}

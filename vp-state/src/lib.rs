@@ -26,6 +26,9 @@
 //! ```
 #![no_std]
 #![deny(missing_docs)]
+// Guest-visible enums are matched without catch-all arms, so a new variant breaks
+// the build until it is handled.
+#![deny(clippy::wildcard_enum_match_arm)]
 #![forbid(unsafe_code)]
 
 use hv_defs::{HvError, HvResult, VpIndex, Vtl};

@@ -1,0 +1,51 @@
+//! Microsoft Hypervisor (TLFS) partitions and virtual processors over KVM.
+//!
+//! A [`Partition`] is a KVM VM with guest memory (vm-memory) and an in-kernel
+//! irqchip. Its VPs are created suspended ([`Partition::create_vp`]); registers are
+//! read and written by HV name ([`Vp::get_registers`], [`Vp::set_registers`]); a VP
+//! is started with a target VTL and an HV_INITIAL_VP_CONTEXT
+//! ([`Partition::start_virtual_processor`]) and run by its own thread ([`Vp::run`],
+//! which returns decoded exits); another thread can cancel a run
+//! ([`Partition::cancel_run`]). Failures are HV_STATUS values.
+//!
+//! With [`HyperVConfig`], the guest sees a Hyper-V partition served entirely from
+//! user space: CPUID leaves 0x40000000-0x40000005, the synthetic MSRs (guest OS id,
+//! hypercall page, VP index, TSC and APIC frequencies, VP assist page, TSC
+//! invariant control), and a hypercall page whose `out %eax, $0xE0; ret` traps to
+//! the VMM with the TLFS register ABI intact. Served hypercalls:
+//! HvCallGetVpRegisters, HvCallSetVpRegisters, HvCallEnableVpVtl,
+//! HvCallStartVirtualProcessor, HvCallGetVpIndexFromApicId, HvCallGetPartitionId and
+//! HvCallNotifyLongSpinWait; anything else is `HV_STATUS_INVALID_HYPERCALL_CODE`.
+//!
+//! ```no_run
+//! use hv_defs::{VpIndex, Vtl};
+//! use partition::{HyperVConfig, Partition, PartitionConfig};
+//!
+//! let p = Partition::new(PartitionConfig {
+//!     max_vps: 2,
+//!     memory: vec![(0, 64 << 20)],
+//!     hyperv: Some(HyperVConfig { boot_vtl: Vtl::VTL2 }),
+//! })
+//! .expect("partition");
+//! let mut bsp = p.create_vp(VpIndex(0)).unwrap();
+//! let ap = p.create_vp(VpIndex(1)).unwrap();
+//! // ... load the BSP's registers with bsp.set_registers(), then:
+//! p.set_explicit_suspend(VpIndex(0), false).unwrap();
+//! let exit = bsp.run();
+//! # drop((exit, ap));
+//! ```
+#![deny(missing_docs)]
+// Guest-visible enums are matched without catch-all arms, so a new variant breaks
+// the build until it is handled.
+#![deny(clippy::wildcard_enum_match_arm)]
+
+mod hypercall;
+pub mod hyperv;
+mod partition;
+mod stats;
+mod vp;
+
+pub use exit_decoder::{Access, InternalError, MsrAccess, VpExit};
+pub use partition::{kick_signal, HyperVConfig, Partition, PartitionConfig, PartitionError};
+pub use stats::{Counter, Stats};
+pub use vp::Vp;

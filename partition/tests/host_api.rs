@@ -1,0 +1,300 @@
+//! The host API on the real `/dev/kvm`: creating VPs, registers by HV name,
+//! StartVirtualProcessor from the host, concurrent starts, and canceling runs.
+
+mod common;
+
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use hv_defs::{HvError, HvRegisterValue, VpIndex, Vtl};
+use hv_regs::HvRegisterName;
+use partition::{Partition, PartitionConfig, VpExit};
+use vm_memory::{Bytes, GuestAddress};
+use vp_state::Activity;
+
+#[test]
+fn four_vps_started_by_the_host_report_in_64_bit_mode() {
+    let p = partition(4, Some(Vtl::VTL0));
+    p.memory()
+        .write_slice(&report_code(), GuestAddress(CODE))
+        .unwrap();
+    let (tx, rx) = channel();
+    let mut threads = vec![];
+    for i in 0..4 {
+        let mut vp = p.create_vp(vp(i)).unwrap();
+        if i == 0 {
+            // The boot processor, the TLFS way: registers by name, then release.
+            vp.set_registers(&bsp_registers(CODE, stack(0))).unwrap();
+        }
+        let tx = tx.clone();
+        threads.push(thread::spawn(move || run_reporting(vp, tx)));
+    }
+    drop(tx);
+    for i in 0..4 {
+        p.set_explicit_suspend(vp(i), false).unwrap();
+    }
+    for i in 1..4 {
+        // APs wait for a start; their threads sit in KVM_RUN until it comes.
+        assert_eq!(p.vp_activity(vp(i)).unwrap(), Activity::WaitForSipi);
+        p.start_virtual_processor(vp(i), Vtl::VTL0, &ctx64(CODE, stack(i)))
+            .unwrap();
+    }
+    let mut reports: Vec<Report> = rx.iter().collect();
+    reports.sort_by_key(|r| (r.vp, r.port));
+    for i in 0..4u32 {
+        let mine: Vec<_> = reports
+            .iter()
+            .filter(|r| r.vp == i)
+            .map(|r| (r.port, r.value))
+            .collect();
+        assert_eq!(
+            mine,
+            vec![
+                (0x10, i),
+                (0x11, stack(i) as u32),
+                (0x12, 0x1122_3344),
+                (DONE, 0x1122_3344)
+            ],
+            "VP {i}"
+        );
+    }
+    for t in threads {
+        let mut vp = t.join().unwrap();
+        // Each VP ran in 64-bit mode: CS.L is set and EFER.LMA too.
+        let v = vp
+            .get_registers(&[HvRegisterName::CS, HvRegisterName::EFER])
+            .unwrap();
+        assert!(v[0].as_segment().attributes.long(), "VP {}", vp.index().0);
+        assert_eq!(v[1].low & 0x500, 0x500);
+    }
+    for i in 1..4 {
+        assert_eq!(
+            p.start_virtual_processor(vp(i), Vtl::VTL0, &ctx64(CODE, stack(i))),
+            Err(HvError::INVALID_VP_STATE),
+            "a VP starts at most once"
+        );
+    }
+}
+
+#[test]
+fn create_vp_follows_hvcreatevp_rules() {
+    let p = partition(2, None);
+    let _v0 = p.create_vp(vp(0)).unwrap();
+    assert_eq!(
+        p.create_vp(vp(0)).err(),
+        Some(HvError::INVALID_VP_INDEX),
+        "duplicate"
+    );
+    assert_eq!(
+        p.create_vp(vp(2)).err(),
+        Some(HvError::INVALID_VP_INDEX),
+        "out of range"
+    );
+    assert_eq!(
+        p.create_vp(VpIndex::SELF).err(),
+        Some(HvError::INVALID_VP_INDEX)
+    );
+    let _v1 = p.create_vp(vp(1)).unwrap();
+    let s = p.vp_state(vp(1)).unwrap();
+    assert!(s.explicit_suspend() && s.activity() == Activity::WaitForSipi);
+    assert!(p.vp_state(vp(0)).unwrap().explicit_suspend());
+    assert_eq!(p.vp_index_from_apic_id(1), Ok(vp(1)));
+    assert_eq!(p.vp_index_from_apic_id(9), Err(HvError::INVALID_PARAMETER));
+    assert_eq!(
+        p.start_virtual_processor(vp(0), Vtl::VTL0, &ctx64(CODE, 0)),
+        Err(HvError::INVALID_VP_STATE)
+    );
+    assert_eq!(
+        p.start_virtual_processor(vp(5), Vtl::VTL0, &ctx64(CODE, 0)),
+        Err(HvError::INVALID_VP_INDEX)
+    );
+    let mut bad = ctx64(CODE, 0);
+    bad.cr0 = 0x8000_0000;
+    assert_eq!(
+        p.start_virtual_processor(vp(1), Vtl::VTL0, &bad),
+        Err(HvError::INVALID_REGISTER_VALUE)
+    );
+    assert_eq!(
+        p.enable_vp_vtl(vp(1), Vtl::VTL0),
+        Err(HvError::VTL_ALREADY_ENABLED)
+    );
+    assert_eq!(
+        p.enable_vp_vtl(vp(1), Vtl(3)),
+        Err(HvError::INVALID_PARAMETER)
+    );
+    assert_eq!(p.enable_vp_vtl(vp(1), Vtl::VTL1), Ok(()));
+    assert_eq!(
+        p.enable_vp_vtl(vp(4), Vtl::VTL1),
+        Err(HvError::INVALID_VP_INDEX)
+    );
+    assert!(matches!(
+        Partition::new(PartitionConfig {
+            max_vps: 0,
+            memory: vec![(0, RAM)],
+            hyperv: None
+        }),
+        Err(partition::PartitionError::VpCount { .. })
+    ));
+    assert!(matches!(
+        Partition::new(PartitionConfig {
+            max_vps: 1,
+            memory: vec![],
+            hyperv: None
+        }),
+        Err(partition::PartitionError::Memory(_))
+    ));
+}
+
+#[test]
+fn registers_by_name_round_trip_and_refusals_are_hv_status() {
+    use HvRegisterName as N;
+    let p = partition(2, Some(Vtl::VTL2));
+    let mut v0 = p.create_vp(vp(0)).unwrap();
+    v0.set_registers(&bsp_registers(CODE, stack(0))).unwrap();
+    v0.set_registers(&[(N::RBX, 0x1234u64.into()), (N::R15, u64::MAX.into())])
+        .unwrap();
+    let got = v0
+        .get_registers(&[
+            N::RBX,
+            N::R15,
+            N::RIP,
+            N::CR3,
+            N::VP_INDEX,
+            N::VSM_VP_STATUS,
+        ])
+        .unwrap();
+    assert_eq!(got[0].low, 0x1234);
+    assert_eq!(got[1].low, u64::MAX);
+    assert_eq!(got[2].low, CODE);
+    assert_eq!(got[3].low, PML4);
+    assert_eq!(got[4].low, 0);
+    assert_eq!(got[5].low & 0xF, 2, "VTL2 partition: the BSP runs at VTL 2");
+    assert_eq!(got[5].low >> 8 & 0b101, 0b101, "VTL 0 and 2 enabled");
+    // Refused: read-only, unknown, reserved bits; nothing of the batch is written.
+    assert_eq!(
+        v0.set_registers(&[(N::VP_INDEX, 1u64.into())]),
+        Err(HvError::INVALID_PARAMETER)
+    );
+    assert_eq!(
+        v0.set_registers(&[(N::RAX, 7u64.into()), (N(0x7777), 0u64.into())]),
+        Err(HvError::INVALID_PARAMETER)
+    );
+    assert_eq!(
+        v0.get_registers(&[N::RAX]).unwrap()[0].low,
+        0,
+        "batch refused as a whole"
+    );
+    assert_eq!(
+        v0.get_registers(&[N(0x7777)]),
+        Err(HvError::INVALID_PARAMETER)
+    );
+    // KVM refusal (paging off while in long mode) is INVALID_PARAMETER too.
+    assert_eq!(
+        v0.set_registers(&[(N::CR0, 0x11u64.into())]),
+        Err(HvError::INVALID_PARAMETER)
+    );
+    // Explicit suspend through the register; the initial APIC id only while suspended.
+    v0.set_registers(&[(N::INITIAL_APIC_ID, 0u64.into())])
+        .unwrap();
+    v0.set_registers(&[(N::EXPLICIT_SUSPEND, 0u64.into())])
+        .unwrap();
+    assert!(!p.vp_state(vp(0)).unwrap().explicit_suspend());
+    assert_eq!(
+        v0.set_registers(&[(N::INITIAL_APIC_ID, 3u64.into())]),
+        Err(HvError::INVALID_VP_STATE)
+    );
+    let v: HvRegisterValue = v0.get_registers(&[N::EXPLICIT_SUSPEND]).unwrap()[0];
+    assert_eq!(v.low, 0);
+    // Every other class of state: debug registers, XCR0, MSRs, MP state, VP model.
+    let values: Vec<(N, HvRegisterValue)> = vec![
+        (N::DR0, 0x1000u64.into()),
+        (N::DR6, 0xFFFF_0FF0u64.into()),
+        (N::DR7, 0x401u64.into()),
+        (N::XFEM, 0x3u64.into()),
+        (N::LSTAR, 0xFFFF_FFFF_8100_0000u64.into()),
+        (N::INTERNAL_ACTIVITY_STATE, 2u64.into()),
+        (N::INTERCEPT_SUSPEND, 1u64.into()),
+    ];
+    v0.set_registers(&values).unwrap();
+    let names: Vec<N> = values.iter().map(|v| v.0).collect();
+    let got = v0.get_registers(&names).unwrap();
+    for ((n, want), got) in values.iter().zip(got) {
+        assert_eq!(*want, got, "{n:?}");
+    }
+    let s = p.vp_state(vp(0)).unwrap();
+    assert!(s.intercept_suspend() && s.activity() == Activity::Halted);
+    assert_eq!(p.vp_activity(vp(0)), Ok(Activity::Halted));
+    assert_eq!(p.vp_state(vp(9)).err(), Some(HvError::INVALID_VP_INDEX));
+    assert_eq!(p.vp_activity(vp(9)).err(), Some(HvError::INVALID_VP_INDEX));
+    assert_eq!(
+        p.set_explicit_suspend(vp(9), true),
+        Err(HvError::INVALID_VP_INDEX)
+    );
+    assert_eq!(p.config().max_vps, 2);
+    assert!(p.kvm().get_max_vcpus() >= 2);
+    let _ = p.vm();
+    let _ = v0.vcpu_mut().get_regs().unwrap();
+}
+
+#[test]
+fn concurrent_starts_of_one_vp_exactly_one_wins() {
+    for round in 0..8 {
+        let p = partition(2, None);
+        let _v1 = p.create_vp(vp(1)).unwrap();
+        let barrier = Arc::new(Barrier::new(2));
+        let results: Vec<_> = (0..2)
+            .map(|_| {
+                let (p, b) = (p.clone(), barrier.clone());
+                thread::spawn(move || {
+                    b.wait();
+                    p.start_virtual_processor(vp(1), Vtl::VTL0, &ctx64(CODE, stack(1)))
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "round {round}: {results:?}");
+        assert!(results.contains(&Err(HvError::INVALID_VP_STATE)));
+    }
+}
+
+#[test]
+fn cancel_a_spinning_a_waiting_and_a_suspended_vp() {
+    let p = partition(3, None);
+    p.memory()
+        .write_slice(&Asm::default().spin().0, GuestAddress(CODE))
+        .unwrap();
+    let mut v0 = p.create_vp(vp(0)).unwrap();
+    v0.set_registers(&bsp_registers(CODE, stack(0))).unwrap();
+    let v1 = p.create_vp(vp(1)).unwrap(); // waits for SIPI
+    let v2 = p.create_vp(vp(2)).unwrap(); // stays suspended
+    p.set_explicit_suspend(vp(0), false).unwrap();
+    p.set_explicit_suspend(vp(1), false).unwrap();
+    let runs: Vec<_> = [v0, v1, v2]
+        .into_iter()
+        .map(|mut v| {
+            thread::spawn(move || {
+                let canceled = matches!(v.run(), VpExit::Canceled);
+                (v.index().0, canceled)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    for i in 0..3 {
+        p.cancel_run(vp(i)).unwrap();
+    }
+    for t in runs {
+        let (i, canceled) = t.join().unwrap();
+        assert!(canceled, "VP {i} was not canceled");
+    }
+    assert_eq!(p.cancel_run(vp(7)), Err(HvError::INVALID_VP_INDEX));
+    // A cancel before a run ends that run at once.
+    let mut v = partition(1, None).create_vp(vp(0)).unwrap();
+    v.partition().cancel_run(vp(0)).unwrap();
+    assert!(matches!(v.run(), VpExit::Canceled));
+}
