@@ -92,6 +92,7 @@ fn setup() -> (Arc<Partition>, Vp) {
         hyperv: Some(HyperVConfig {
             boot_vtl: Vtl::VTL0,
         }),
+        cpuid_masks: vec![],
     })
     .expect("the benchmark needs /dev/kvm");
     let m = p.memory();

@@ -276,7 +276,9 @@ impl Vp {
         if i.target_vtl > self.active_vtl() {
             return Err(HvError::ACCESS_DENIED);
         }
-        start_vp(&target, i.target_vtl, &i.vp_context)
+        start_vp(&target, i.target_vtl, &i.vp_context)?;
+        self.partition().started(target.index, i.target_vtl);
+        Ok(())
     }
 
     fn get_vp_index_from_apic_id(&mut self, c: HypercallControl, input: u64, output: u64) -> Reps {

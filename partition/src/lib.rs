@@ -25,6 +25,7 @@
 //!     max_vps: 2,
 //!     memory: vec![(0, 64 << 20)],
 //!     hyperv: Some(HyperVConfig { boot_vtl: Vtl::VTL2 }),
+//!     cpuid_masks: vec![],
 //! })
 //! .expect("partition");
 //! let mut bsp = p.create_vp(VpIndex(0)).unwrap();
@@ -46,6 +47,8 @@ mod stats;
 mod vp;
 
 pub use exit_decoder::{Access, InternalError, MsrAccess, VpExit};
-pub use partition::{kick_signal, HyperVConfig, Partition, PartitionConfig, PartitionError};
+pub use partition::{
+    kick_signal, CpuidMask, HyperVConfig, Partition, PartitionConfig, PartitionError, StartObserver,
+};
 pub use stats::{Counter, Stats};
 pub use vp::Vp;

@@ -2,7 +2,7 @@
 //! state of its virtual processors.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock};
 use std::time::Duration;
 
 use hv_defs::{HvError, HvResult, InitialVpContext, PartitionId, VpIndex, Vtl};
@@ -28,6 +28,17 @@ pub struct HyperVConfig {
     pub boot_vtl: Vtl,
 }
 
+/// Bits to clear from one CPUID leaf of every VP, after the partition has built it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CpuidMask {
+    /// The leaf (EAX input).
+    pub function: u32,
+    /// The sub-leaf (ECX input), for leaves that have them.
+    pub index: u32,
+    /// Bits to clear in EAX, EBX, ECX, EDX.
+    pub clear: [u32; 4],
+}
+
 /// What to build a partition with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionConfig {
@@ -38,6 +49,9 @@ pub struct PartitionConfig {
     /// `Some` to present the Hyper-V CPUID leaves, synthetic MSRs, hypercall page
     /// and hypercalls; `None` for a plain KVM guest.
     pub hyperv: Option<HyperVConfig>,
+    /// Features to hide from the guest (e.g. KVM paravirtual features a host cannot
+    /// serve). Empty for KVM's full supported set.
+    pub cpuid_masks: Vec<CpuidMask>,
 }
 
 /// Why a partition could not be created.
@@ -201,7 +215,19 @@ pub struct Partition {
     pub(crate) vps: Vec<Mutex<Option<Arc<VpShared>>>>,
     pub(crate) hv: Mutex<HvPartitionState>,
     pub(crate) stats: Stats,
+    start_observer: OnceLock<Observer>,
 }
+
+struct Observer(StartObserver);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StartObserver")
+    }
+}
+
+/// Called with the VP index and target VTL of every successful start.
+pub type StartObserver = Box<dyn Fn(VpIndex, Vtl) + Send + Sync>;
 
 impl Partition {
     /// Creates a partition: a KVM VM with `config.memory` as guest RAM, an
@@ -297,6 +323,7 @@ impl Partition {
             vps,
             hv: Mutex::new(HvPartitionState::default()),
             stats: Stats::default(),
+            start_observer: OnceLock::new(),
         }))
     }
 
@@ -353,7 +380,17 @@ impl Partition {
             .create_vcpu(index.0 as u64)
             .map_err(|_| HvError::NO_RESOURCES)?;
         let hv_max = self.config.hyperv.map(|_| self.config.max_vps);
-        let cpuid = hyperv::vp_cpuid(&self.supported_cpuid, index.0, hv_max);
+        let mut cpuid = hyperv::vp_cpuid(&self.supported_cpuid, index.0, hv_max);
+        for e in cpuid.as_mut_slice() {
+            for m in &self.config.cpuid_masks {
+                if e.function == m.function && e.index == m.index {
+                    e.eax &= !m.clear[0];
+                    e.ebx &= !m.clear[1];
+                    e.ecx &= !m.clear[2];
+                    e.edx &= !m.clear[3];
+                }
+            }
+        }
         vcpu.set_cpuid2(&cpuid)
             .map_err(|_| HvError::OPERATION_FAILED)?;
         let shared = Arc::new(VpShared {
@@ -395,7 +432,22 @@ impl Partition {
         context: &InitialVpContext,
     ) -> HvResult<()> {
         let vp = self.vp_shared(index).ok_or(HvError::INVALID_VP_INDEX)?;
-        start_vp(&vp, vtl, context)
+        start_vp(&vp, vtl, context)?;
+        self.started(index, vtl);
+        Ok(())
+    }
+
+    /// Installs `observer`, called on the starting thread after every successful
+    /// StartVirtualProcessor, whether the host or the guest asked for it (a boot
+    /// timeline, tracing). Only the first observer installed is kept.
+    pub fn set_start_observer(&self, observer: StartObserver) {
+        let _ = self.start_observer.set(Observer(observer));
+    }
+
+    pub(crate) fn started(&self, index: VpIndex, vtl: Vtl) {
+        if let Some(o) = self.start_observer.get() {
+            (o.0)(index, vtl);
+        }
     }
 
     /// Enables `vtl` on VP `index` (HvCallEnableVpVtl, as the host calls it).

@@ -503,6 +503,32 @@ fn hostile_hypercalls_get_their_status_and_the_partition_keeps_running() {
 }
 
 #[test]
+fn cpuid_masks_hide_features() {
+    let mask = partition::CpuidMask {
+        function: 0x4000_0003,
+        index: 0,
+        clear: [1 << 11, 0, 0, 1 << 8],
+    };
+    let p = partition_with(1, Some(Vtl::VTL2), vec![mask]);
+    let code = Asm::default()
+        .cpuid(0x4000_0003)
+        .out(0x33)
+        .eax_from_edx()
+        .out(0x34)
+        .out(DONE as u8)
+        .spin()
+        .0;
+    put(&p, CODE, &code);
+    let mut v0 = p.create_vp(vp(0)).unwrap();
+    v0.set_registers(&bsp_registers(CODE, stack(0))).unwrap();
+    p.set_explicit_suspend(vp(0), false).unwrap();
+    let (tx, rx) = channel();
+    run_reporting(v0, tx);
+    let got: Vec<(u16, u32)> = rx.iter().map(|r| (r.port, r.value)).collect();
+    assert_eq!(&got[..2], &[(0x33, 0x8060), (0x34, 0)]);
+}
+
+#[test]
 fn cpuid_leaves_and_synthetic_msrs_seen_by_the_guest() {
     let p = partition(3, Some(Vtl::VTL2));
     let code = Asm::default()

@@ -21,6 +21,11 @@ fn four_vps_started_by_the_host_report_in_64_bit_mode() {
     p.memory()
         .write_slice(&report_code(), GuestAddress(CODE))
         .unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(vec![]));
+    let s = seen.clone();
+    p.set_start_observer(Box::new(move |vp, vtl| {
+        s.lock().unwrap().push((vp.0, vtl.0))
+    }));
     let (tx, rx) = channel();
     let mut threads = vec![];
     for i in 0..4 {
@@ -43,6 +48,13 @@ fn four_vps_started_by_the_host_report_in_64_bit_mode() {
             .unwrap();
     }
     let mut reports: Vec<Report> = rx.iter().collect();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![(1, 0), (2, 0), (3, 0)],
+        "the start observer saw every start"
+    );
     reports.sort_by_key(|r| (r.vp, r.port));
     for i in 0..4u32 {
         let mine: Vec<_> = reports
@@ -134,7 +146,8 @@ fn create_vp_follows_hvcreatevp_rules() {
         Partition::new(PartitionConfig {
             max_vps: 0,
             memory: vec![(0, RAM)],
-            hyperv: None
+            hyperv: None,
+            cpuid_masks: vec![],
         }),
         Err(partition::PartitionError::VpCount { .. })
     ));
@@ -142,7 +155,8 @@ fn create_vp_follows_hvcreatevp_rules() {
         Partition::new(PartitionConfig {
             max_vps: 1,
             memory: vec![],
-            hyperv: None
+            hyperv: None,
+            cpuid_masks: vec![],
         }),
         Err(partition::PartitionError::Memory(_))
     ));

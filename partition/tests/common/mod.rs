@@ -34,10 +34,20 @@ pub fn stack(vp: u32) -> u64 {
 /// A partition with `max_vps` VPs' worth of indexes and the page tables and GDT
 /// every test guest uses.
 pub fn partition(max_vps: u32, hyperv: Option<Vtl>) -> Arc<Partition> {
+    partition_with(max_vps, hyperv, vec![])
+}
+
+/// [`partition`] with CPUID masks.
+pub fn partition_with(
+    max_vps: u32,
+    hyperv: Option<Vtl>,
+    cpuid_masks: Vec<partition::CpuidMask>,
+) -> Arc<Partition> {
     let p = Partition::new(PartitionConfig {
         max_vps,
         memory: vec![(0, RAM)],
         hyperv: hyperv.map(|boot_vtl| HyperVConfig { boot_vtl }),
+        cpuid_masks,
     })
     .unwrap_or_else(|e| panic!("{e}: the partition tests need /dev/kvm"));
     let m = p.memory();
