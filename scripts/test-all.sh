@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite, exactly as CI runs it: set-up, format, lints, tests on the
-# real /dev/kvm under coverage, doc tests, docs, and the per-crate coverage gate.
+# The whole test suite, exactly as CI runs it: set-up, format, lints, the test
+# guests (two Linux 6.12 kernels and their initramfs, built once and cached), the
+# tests on the real /dev/kvm under coverage (guest boots included), doc tests,
+# docs, and the per-crate coverage gate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,9 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "test guests (guests/build.sh: kernels and initramfs, cached by content hash)"
+guests/build.sh minimal vtl2
 
 step "tests (cargo nextest under cargo llvm-cov)"
 cargo llvm-cov nextest --workspace --locked --no-fail-fast --json --output-path target/coverage.json

@@ -1,0 +1,177 @@
+//! Boot-time harness: boots the minimal guest (guests/build.sh) with 1, 2, 4 and 8
+//! vCPUs, several times each, and reports VMM start -> BSP first entry -> all APs
+//! online -> "Run /init" (on hardware KVM: the /init marker) -> exit, and the peak
+//! RSS of the VMM process.
+//!
+//!     cargo bench -p reference-vmm --bench boot
+//!
+//! HVKVM_BOOT_VCPUS (e.g. "1,4") and HVKVM_BOOT_RUNS (default 3) change the sweep.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
+
+#[derive(Default, Clone, Debug)]
+struct Sample {
+    bsp_entry: Option<f64>,
+    aps_online: Option<f64>,
+    init: Option<f64>,
+    exit: f64,
+    status: Option<i32>,
+    rss_mib: f64,
+}
+
+fn guest(rel: &str) -> String {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/guests")
+        .join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run guests/build.sh first",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
+}
+
+fn boot(vcpus: u32, kernel: &str, initramfs: &str, init_marker: &str) -> Sample {
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reference-vmm"))
+        .args(["--kernel", kernel, "--initramfs", initramfs, "--timings"])
+        .args(["--vcpus", &vcpus.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn reference-vmm");
+    let (tx, rx) = mpsc::channel::<(bool, String, f64)>();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let t1 = {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send((true, l, start.elapsed().as_secs_f64()));
+            }
+        })
+    };
+    let t2 = std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send((false, l, start.elapsed().as_secs_f64()));
+        }
+    });
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child process; the pointers are to locals.
+    unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let exit = start.elapsed().as_secs_f64();
+    // Already reaped by wait4 (which also gave the peak RSS); this only tells std.
+    let _ = child.wait();
+    let _ = (t1.join(), t2.join());
+    let mut s = Sample {
+        exit,
+        status: std::process::ExitStatus::from_raw(status).code(),
+        rss_mib: usage.ru_maxrss as f64 / 1024.0,
+        ..Default::default()
+    };
+    for (stdout, line, t) in rx.try_iter() {
+        if !stdout && line.ends_with("BSP first entry") {
+            // The VMM's own clock: "[   0.012345 s] BSP first entry".
+            let v = line
+                .trim_start_matches('[')
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok());
+            s.bsp_entry = v;
+        }
+        if stdout && s.aps_online.is_none() && line.contains("smp: Brought up") {
+            s.aps_online = Some(t);
+        }
+        if stdout && s.init.is_none() && line.contains(init_marker) {
+            s.init = Some(t);
+        }
+    }
+    s
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.2}"))
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing: only
+    // run the sweep when benchmarking.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    let kernel = guest("minimal/vmlinux");
+    let (initramfs, marker) = if pvm {
+        (guest("probe.cpio"), "Run /init as init process")
+    } else {
+        (guest("busybox.cpio"), "HVKVM-INIT")
+    };
+    let vcpus: Vec<u32> = std::env::var("HVKVM_BOOT_VCPUS")
+        .unwrap_or_else(|_| "1,2,4,8".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let runs: u32 = std::env::var("HVKVM_BOOT_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    println!(
+        "boot harness: {} host, /init marker {marker:?}, {runs} run(s) per vCPU count",
+        if pvm { "PVM" } else { "hardware KVM" }
+    );
+    println!(
+        "{:>5} {:>4} {:>14} {:>14} {:>10} {:>8} {:>7} {:>9}",
+        "vcpus",
+        "run",
+        "BSP entry (s)",
+        "APs online (s)",
+        "init (s)",
+        "exit (s)",
+        "status",
+        "RSS (MiB)"
+    );
+    for &n in &vcpus {
+        let mut all = vec![];
+        for run in 1..=runs {
+            let s = boot(n, &kernel, &initramfs, marker);
+            println!(
+                "{n:>5} {run:>4} {:>14} {:>14} {:>10} {:>8.2} {:>7} {:>9.1}",
+                fmt(s.bsp_entry),
+                fmt(s.aps_online),
+                fmt(s.init),
+                s.exit,
+                s.status.map_or("-".into(), |c| c.to_string()),
+                s.rss_mib
+            );
+            all.push(s);
+        }
+        let m = |f: &dyn Fn(&Sample) -> Option<f64>| median(all.iter().filter_map(f).collect());
+        println!(
+            "{n:>5} {:>4} {:>14} {:>14} {:>10} {:>8} {:>7} {:>9}",
+            "med",
+            fmt(m(&|s| s.bsp_entry)),
+            fmt(m(&|s| s.aps_online)),
+            fmt(m(&|s| s.init)),
+            fmt(m(&|s| Some(s.exit))),
+            "",
+            fmt(m(&|s| Some(s.rss_mib)))
+        );
+    }
+}

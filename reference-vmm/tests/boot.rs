@@ -1,0 +1,175 @@
+//! Boots the minimal 6.12 guest built by guests/build.sh with 4 vCPUs, as deep as
+//! the host allows, and checks that every AP was started through
+//! StartVirtualProcessor.
+//!
+//! On hardware KVM the busybox /init prints its CPU count and online list and
+//! powers off (status 0). On a PVM host guest user space cannot make system calls,
+//! so the test /init's first instruction is `ud2`: the kernel's report of that
+//! fault at init's IP proves init ran; the guest then panics and reboots
+//! (status 3).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Catches hangs only; a boot on PVM takes a few minutes.
+const LIMIT: Duration = Duration::from_secs(20 * 60);
+
+/// The count in the `--stats` hypercall table for the call named `name`.
+fn hypercalls(r: &Run, name: &str) -> u64 {
+    r.stderr
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The deepest check of user space this host allows: on hardware KVM the busybox
+/// /init's output and a power-off; on PVM init's first instruction and a reboot.
+fn check_init(r: &Run, pvm: bool) {
+    let tail = r.tail();
+    assert!(r.has("smp: Brought up 1 node, 4 CPUs"), "{tail}");
+    assert!(r.has("Run /init as init process"), "{tail}");
+    if pvm {
+        // The probe's entry point: 0x400000 + ELF header + program header.
+        assert!(
+            r.has("init[1] trap invalid opcode ip:400078"),
+            "init's first instruction: {tail}"
+        );
+        assert_eq!(
+            r.status,
+            Some(3),
+            "panic=-1 reboots through the ACPI reset register: {tail}"
+        );
+    } else {
+        assert!(r.has("HVKVM-NPROC: 4"), "{tail}");
+        assert!(r.has("HVKVM-ONLINE: 0-3"), "{tail}");
+        assert_eq!(
+            r.status,
+            Some(0),
+            "busybox poweroff -f through ACPI S5: {tail}"
+        );
+    }
+}
+
+fn initramfs(pvm: bool) -> String {
+    let i = guest(if pvm { "probe.cpio" } else { "busybox.cpio" });
+    eprintln!(
+        "boot test: {} host, /init = {i}",
+        if pvm {
+            "PVM (no guest syscalls): the probe"
+        } else {
+            "hardware KVM: busybox"
+        }
+    );
+    i
+}
+
+#[test]
+fn vtl2_linux_starts_its_aps_with_hypercalls() {
+    let pvm = pvm_host();
+    let (kernel, init) = (guest("vtl2/vmlinux"), initramfs(pvm));
+    let r = vmm(
+        &[
+            "--kernel",
+            &kernel,
+            "--vcpus",
+            "4",
+            "--initramfs",
+            &init,
+            "--hyperv",
+            "vtl2",
+            "--timings",
+            "--stats",
+        ],
+        LIMIT,
+    );
+    let tail = r.tail();
+    assert!(r.has("Linux runs in Hyper-V Virtual Trust Level"), "{tail}");
+    assert_eq!(hypercalls(&r, "START_VIRTUAL_PROCESSOR"), 3, "{tail}");
+    assert_eq!(hypercalls(&r, "ENABLE_VP_VTL"), 3, "{tail}");
+    assert_eq!(hypercalls(&r, "GET_VP_INDEX_FROM_APIC_ID"), 3, "{tail}");
+    assert_eq!(
+        r.count("started through StartVirtualProcessor (VTL 2)"),
+        3,
+        "{tail}"
+    );
+    assert_eq!(
+        r.count("mailbox wakeup"),
+        0,
+        "no mailbox in VTL2 mode: {tail}"
+    );
+    check_init(&r, pvm);
+    eprintln!(
+        "VTL2 boot passed in {:.1} s\n{}",
+        r.elapsed.as_secs_f64(),
+        r.stderr
+    );
+}
+
+#[test]
+fn the_vtl2_kernel_boots_through_the_mailbox_without_hyperv() {
+    let pvm = pvm_host();
+    let (kernel, init) = (guest("vtl2/vmlinux"), initramfs(pvm));
+    let r = vmm(
+        &[
+            "--kernel",
+            &kernel,
+            "--vcpus",
+            "4",
+            "--initramfs",
+            &init,
+            "--timings",
+        ],
+        LIMIT,
+    );
+    let tail = r.tail();
+    assert_eq!(r.count("mailbox wakeup: APIC id"), 3, "{tail}");
+    assert_eq!(
+        r.count("started through StartVirtualProcessor (VTL 0)"),
+        3,
+        "{tail}"
+    );
+    assert!(!r.has("Hyper-V"), "{tail}");
+    check_init(&r, pvm);
+}
+
+#[test]
+fn linux_boots_with_4_cpus_started_through_start_virtual_processor() {
+    let kernel = guest("minimal/vmlinux");
+    let pvm = pvm_host();
+    let initramfs = initramfs(pvm);
+    let r = vmm(
+        &[
+            "--kernel",
+            &kernel,
+            "--vcpus",
+            "4",
+            "--initramfs",
+            &initramfs,
+            "--timings",
+            "--stats",
+        ],
+        LIMIT,
+    );
+    let tail = r.tail();
+    assert_eq!(
+        r.count("mailbox wakeup: APIC id"),
+        3,
+        "three mailbox wakeups: {tail}"
+    );
+    assert_eq!(
+        r.count("started through StartVirtualProcessor (VTL 0)"),
+        3,
+        "three APs through StartVirtualProcessor: {tail}"
+    );
+    check_init(&r, pvm);
+    eprintln!(
+        "boot test passed in {:.1} s\n{}",
+        r.elapsed.as_secs_f64(),
+        r.stderr
+    );
+}
