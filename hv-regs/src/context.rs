@@ -137,6 +137,53 @@ pub fn context_to_kvm(
     })
 }
 
+/// The registers an HV_INITIAL_VP_CONTEXT sets, by HV name, in an order a batch
+/// write ([`crate::set_registers`]) accepts: what a TLFS parent writes with
+/// HvSetVpRegisters to start a boot processor the way StartVirtualProcessor starts
+/// an application processor. Destructured exhaustively, like [`context_to_kvm`].
+pub fn context_registers(ctx: &InitialVpContext) -> Vec<(N, hv_defs::HvRegisterValue)> {
+    let InitialVpContext {
+        rip,
+        rsp,
+        rflags,
+        cs,
+        ds,
+        es,
+        fs,
+        gs,
+        ss,
+        tr,
+        ldtr,
+        idtr,
+        gdtr,
+        efer,
+        cr0,
+        cr3,
+        cr4,
+        msr_cr_pat,
+    } = *ctx;
+    vec![
+        (N::CR0, cr0.into()),
+        (N::CR3, cr3.into()),
+        (N::CR4, cr4.into()),
+        (N::EFER, efer.into()),
+        (N::CS, cs.into()),
+        (N::DS, ds.into()),
+        (N::ES, es.into()),
+        (N::FS, fs.into()),
+        (N::GS, gs.into()),
+        (N::SS, ss.into()),
+        (N::TR, tr.into()),
+        (N::LDTR, ldtr.into()),
+        (N::GDTR, gdtr.into()),
+        (N::IDTR, idtr.into()),
+        (N::PAT, msr_cr_pat.into()),
+        (N::RIP, rip.into()),
+        (N::RSP, rsp.into()),
+        (N::RFLAGS, rflags.into()),
+    ]
+}
+
 /// The HV_STATUS StartVirtualProcessor and EnableVpVtl return for an invalid
 /// context: `HV_STATUS_INVALID_REGISTER_VALUE`.
 pub const fn context_status(_: RegisterFault) -> HvError {

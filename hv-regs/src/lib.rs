@@ -34,7 +34,7 @@ mod validate;
 pub use access::{
     get_register, set_register, set_registers, AccessError, VcpuRegisters, VsmVpStatus,
 };
-pub use context::{context_status, context_to_kvm, load_context, KvmVpContext};
+pub use context::{context_registers, context_status, context_to_kvm, load_context, KvmVpContext};
 pub use location::{
     activity_from_mp_state, location, mp_state, mp_state_from_activity, msr, segment_from_kvm,
     segment_to_kvm, table_from_kvm, table_to_kvm, Control, Debug, Gpr, KvmRegister, Segment,

@@ -343,3 +343,25 @@ fn a_batch_reaches_long_mode_where_single_writes_cannot() {
     assert_eq!(at, 1);
     assert!(matches!(e, AccessError::Backend(_)));
 }
+
+#[test]
+fn context_registers_written_as_a_batch_equal_load_context() {
+    let (_kvm, _vm, a) = long_mode_vcpu();
+    let (_kvm2, _vm2, b) = long_mode_vcpu();
+    let ctx = InitialVpContext {
+        rip: 0xFFFF_FFFF_8101_2A2D,
+        rsp: 0xFFFF_8880_0019_BF58,
+        cr3: 0x161_4000,
+        tr: seg(0xFFFF_FE00_0000_3000, 0x4087, 0x40, 0x008B),
+        ..long_mode_context()
+    };
+    load_context(&a, &ctx).unwrap();
+    let regs = context_registers(&ctx);
+    assert_eq!(regs.len(), 18, "every field of the context");
+    set_registers(&b, &regs).unwrap();
+    let (sa, sb) = (a.get_sregs().unwrap(), b.get_sregs().unwrap());
+    assert_eq!(sa, sb);
+    let (ra, rb) = (a.get_regs().unwrap(), b.get_regs().unwrap());
+    assert_eq!((ra.rip, ra.rsp, ra.rflags), (rb.rip, rb.rsp, rb.rflags));
+    assert_eq!(a.get_msr(msr::PAT).unwrap(), b.get_msr(msr::PAT).unwrap());
+}

@@ -175,28 +175,9 @@ pub fn context64(rip: u64, rsp: u64) -> InitialVpContext {
 /// The BSP's registers, by HV name, for the 64-bit boot protocol: RIP at the
 /// kernel's 64-bit entry and RSI at the zero page.
 pub fn bsp_registers(entry: u64) -> Vec<(N, HvRegisterValue)> {
-    let c = context64(entry, BOOT_STACK);
-    vec![
-        (N::CR0, c.cr0.into()),
-        (N::CR3, c.cr3.into()),
-        (N::CR4, c.cr4.into()),
-        (N::EFER, c.efer.into()),
-        (N::CS, c.cs.into()),
-        (N::DS, c.ds.into()),
-        (N::ES, c.es.into()),
-        (N::FS, c.fs.into()),
-        (N::GS, c.gs.into()),
-        (N::SS, c.ss.into()),
-        (N::TR, c.tr.into()),
-        (N::LDTR, c.ldtr.into()),
-        (N::GDTR, c.gdtr.into()),
-        (N::IDTR, c.idtr.into()),
-        (N::PAT, c.msr_cr_pat.into()),
-        (N::RIP, c.rip.into()),
-        (N::RSP, c.rsp.into()),
-        (N::RSI, ZERO_PAGE.into()),
-        (N::RFLAGS, c.rflags.into()),
-    ]
+    let mut regs = hv_regs::context_registers(&context64(entry, BOOT_STACK));
+    regs.push((N::RSI, ZERO_PAGE.into()));
+    regs
 }
 
 /// Writes the command line and the zero page.

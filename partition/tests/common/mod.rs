@@ -106,27 +106,7 @@ pub fn ctx64(rip: u64, rsp: u64) -> InitialVpContext {
 
 /// The same state as HV register writes, for a boot processor set up the TLFS way.
 pub fn bsp_registers(rip: u64, rsp: u64) -> Vec<(HvRegisterName, HvRegisterValue)> {
-    use HvRegisterName as N;
-    let c = ctx64(rip, rsp);
-    vec![
-        (N::CR0, c.cr0.into()),
-        (N::CR3, c.cr3.into()),
-        (N::CR4, c.cr4.into()),
-        (N::EFER, c.efer.into()),
-        (N::CS, c.cs.into()),
-        (N::DS, c.ds.into()),
-        (N::ES, c.es.into()),
-        (N::FS, c.fs.into()),
-        (N::GS, c.gs.into()),
-        (N::SS, c.ss.into()),
-        (N::TR, c.tr.into()),
-        (N::LDTR, c.ldtr.into()),
-        (N::GDTR, c.gdtr.into()),
-        (N::IDTR, c.idtr.into()),
-        (N::RIP, c.rip.into()),
-        (N::RSP, c.rsp.into()),
-        (N::RFLAGS, c.rflags.into()),
-    ]
+    hv_regs::context_registers(&ctx64(rip, rsp))
 }
 
 /// An assembler for the handful of instructions the test guests use.
