@@ -312,3 +312,51 @@ fn cancel_a_spinning_a_waiting_and_a_suspended_vp() {
     v.partition().cancel_run(vp(0)).unwrap();
     assert!(matches!(v.run(), VpExit::Canceled));
 }
+
+#[test]
+fn an_ap_started_by_init_sipi_in_kvms_lapic_is_tracked_by_the_vp_model() {
+    let p = partition(2, None);
+    // The BSP switches its LAPIC to x2APIC and sends INIT, then SIPI (vector 0x0C,
+    // real-mode start at 0xC000) to APIC id 1 through the ICR MSR.
+    #[rustfmt::skip]
+    let mut bsp = vec![
+        0xB9, 0x1B, 0x00, 0x00, 0x00, 0x0F, 0x32,   // rdmsr IA32_APIC_BASE
+        0x0D, 0x00, 0x04, 0x00, 0x00, 0x0F, 0x30,   // or eax, x2APIC enable; wrmsr
+        0xB9, 0x30, 0x08, 0x00, 0x00,               // mov ecx, ICR (0x830)
+        0xBA, 0x01, 0x00, 0x00, 0x00,               // mov edx, destination 1
+        0xB8, 0x00, 0x45, 0x00, 0x00, 0x0F, 0x30,   // INIT, assert
+        0xB8, 0x0C, 0x46, 0x00, 0x00, 0x0F, 0x30,   // SIPI, vector 0x0C
+    ];
+    bsp.extend(Asm::default().out(DONE as u8).spin().0);
+    // The AP, in real mode at 0xC000: report 0x5A, then DONE.
+    let ap = [0xB0, 0x5A, 0xE6, 0x10, 0xE6, DONE as u8, 0xEB, 0xFE];
+    p.memory().write_slice(&bsp, GuestAddress(CODE)).unwrap();
+    p.memory().write_slice(&ap, GuestAddress(0xC000)).unwrap();
+    let mut v0 = p.create_vp(vp(0)).unwrap();
+    v0.set_registers(&bsp_registers(CODE, stack(0))).unwrap();
+    let v1 = p.create_vp(vp(1)).unwrap();
+    let (tx, rx) = channel();
+    let t0 = {
+        let tx = tx.clone();
+        thread::spawn(move || run_reporting(v0, tx))
+    };
+    let t1 = thread::spawn(move || run_reporting(v1, tx));
+    p.set_explicit_suspend(vp(1), false).unwrap();
+    p.set_explicit_suspend(vp(0), false).unwrap();
+    let reports: Vec<Report> = rx.iter().collect();
+    t0.join().unwrap();
+    t1.join().unwrap();
+    let ap: Vec<_> = reports
+        .iter()
+        .filter(|r| r.vp == 1)
+        .map(|r| r.port)
+        .collect();
+    assert_eq!(ap, vec![0x10, DONE], "the AP ran after INIT/SIPI");
+    let s = p.vp_state(vp(1)).unwrap();
+    assert!(s.started() && s.activity() == Activity::Runnable, "{s:?}");
+    assert_eq!(
+        p.start_virtual_processor(vp(1), Vtl::VTL0, &ctx64(CODE, stack(1))),
+        Err(HvError::INVALID_VP_STATE),
+        "a VP started by SIPI is started"
+    );
+}

@@ -5,7 +5,9 @@
 //!
 //!     cargo bench -p reference-vmm --bench boot
 //!
-//! HVKVM_BOOT_VCPUS (e.g. "1,4") and HVKVM_BOOT_RUNS (default 3) change the sweep.
+//! HVKVM_BOOT_VCPUS (e.g. "1,4") and HVKVM_BOOT_RUNS (default 3) change the sweep;
+//! HVKVM_BOOT_HYPERV=vtl2 boots the VTL2 kernel with `--hyperv vtl2` instead (its
+//! APs started by the guest's own hypercalls).
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
@@ -36,11 +38,12 @@ fn guest(rel: &str) -> String {
     p.to_string_lossy().into_owned()
 }
 
-fn boot(vcpus: u32, kernel: &str, initramfs: &str, init_marker: &str) -> Sample {
+fn boot(vcpus: u32, kernel: &str, initramfs: &str, init_marker: &str, extra: &[&str]) -> Sample {
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_reference-vmm"))
         .args(["--kernel", kernel, "--initramfs", initramfs, "--timings"])
         .args(["--vcpus", &vcpus.to_string()])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -117,7 +120,12 @@ fn main() {
         return;
     }
     let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
-    let kernel = guest("minimal/vmlinux");
+    let vtl2 = std::env::var("HVKVM_BOOT_HYPERV").is_ok_and(|v| v == "vtl2");
+    let (kernel, extra): (String, &[&str]) = if vtl2 {
+        (guest("vtl2/vmlinux"), &["--hyperv", "vtl2"])
+    } else {
+        (guest("minimal/vmlinux"), &[])
+    };
     let (initramfs, marker) = if pvm {
         (guest("probe.cpio"), "Run /init as init process")
     } else {
@@ -133,8 +141,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     println!(
-        "boot harness: {} host, /init marker {marker:?}, {runs} run(s) per vCPU count",
-        if pvm { "PVM" } else { "hardware KVM" }
+        "boot harness: {} host, {} guest, /init marker {marker:?}, {runs} run(s) per vCPU count",
+        if pvm { "PVM" } else { "hardware KVM" },
+        if vtl2 {
+            "VTL2 (--hyperv vtl2, APs by hypercall)"
+        } else {
+            "minimal (APs by mailbox)"
+        }
     );
     println!(
         "{:>5} {:>4} {:>14} {:>14} {:>10} {:>8} {:>7} {:>9}",
@@ -150,7 +163,7 @@ fn main() {
     for &n in &vcpus {
         let mut all = vec![];
         for run in 1..=runs {
-            let s = boot(n, &kernel, &initramfs, marker);
+            let s = boot(n, &kernel, &initramfs, marker, extra);
             println!(
                 "{n:>5} {run:>4} {:>14} {:>14} {:>10} {:>8.2} {:>7} {:>9.1}",
                 fmt(s.bsp_entry),
