@@ -106,3 +106,27 @@ fn acpi_power_off_reset_register_i8042_and_triple_fault() {
         }
     }
 }
+
+#[test]
+fn stdin_reaches_the_guest_through_com1() {
+    // Poll the 16550's line status; echo every received byte; power off on 'q'.
+    #[rustfmt::skip]
+    let code = [
+        0x66, 0xBA, 0xFD, 0x03, // 0: mov dx, LSR
+        0xEC,                   // 4: in al, dx
+        0xA8, 0x01,             // 5: test al, data ready
+        0x74, 0xF7,             // 7: jz 0
+        0x66, 0xBA, 0xF8, 0x03, // 9: mov dx, RBR/THR
+        0xEC,                   // 13: in al, dx
+        0xEE,                   // 14: out dx, al (echo)
+        0x3C, b'q',             // 15: cmp al, 'q'
+        0x75, 0xED,             // 17: jne 0
+        0x66, 0xBA, 0x00, 0x06, // 19: mov dx, SLEEP_CONTROL
+        0xB0, 0x34, 0xEE,       // 23: mov al, SLP_TYP 5 | SLP_EN; out dx, al
+        0xEB, 0xFE,
+    ];
+    let k = temp_file("echo-kernel", &elf_kernel(&code));
+    let r = vmm_with_input(&["--kernel", &k], Some(b"hello from stdin q"), SHORT);
+    assert_eq!(r.status, Some(0), "{}", r.tail());
+    assert_eq!(r.stdout, "hello from stdin q", "{}", r.tail());
+}

@@ -39,14 +39,30 @@ impl Run {
 
 /// Runs reference-vmm with `args`, killing it after `limit`.
 pub fn vmm(args: &[&str], limit: Duration) -> Run {
+    vmm_with_input(args, None, limit)
+}
+
+/// [`vmm`] with `input` on its stdin.
+pub fn vmm_with_input(args: &[&str], input: Option<&[u8]>, limit: Duration) -> Run {
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_reference-vmm"))
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn reference-vmm");
+    if let (Some(data), Some(mut stdin)) = (input, child.stdin.take()) {
+        use std::io::Write;
+        let data = data.to_vec();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&data);
+        });
+    }
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let t_out = std::thread::spawn(move || {
