@@ -38,7 +38,8 @@ impl Stats {
         c.time += time;
     }
 
-    /// Exits by reason: KVM_RUN returns, timed from entry to return.
+    /// Exits by reason, each timed from KVM_RUN entry to the exit (guest execution
+    /// included).
     pub fn exits(&self) -> Vec<(&'static str, Counter)> {
         let m = self.exits.lock().unwrap_or_else(|e| e.into_inner());
         m.iter().map(|(k, v)| (*k, *v)).collect()
@@ -62,7 +63,7 @@ impl fmt::Display for Stats {
         writeln!(
             f,
             "{:<34} {:>10} {:>12} {:>10}",
-            "exit reason", "count", "total ms", "avg us"
+            "exit reason", "count", "in KVM ms", "avg us"
         )?;
         for (k, c) in self.exits() {
             row(f, k, c)?;
@@ -70,7 +71,7 @@ impl fmt::Display for Stats {
         writeln!(
             f,
             "{:<34} {:>10} {:>12} {:>10}",
-            "hypercall", "count", "total ms", "avg us"
+            "hypercall", "count", "handling ms", "avg us"
         )?;
         for (k, c) in self.hypercalls() {
             let name = match k.name() {
