@@ -154,54 +154,47 @@ impl Vp {
         self.write_output(out, o.as_bytes())
     }
 
-    fn get_vp_registers(&mut self, c: HypercallControl, input: u64, output: u64) -> Reps {
-        let n = c.rep_count() as usize;
-        let start = c.rep_start_index() as usize;
-        let prepared = (|| {
-            let bytes = self.read_input(input, 16 + 4 * n)?;
-            let header = VpRegistersHeader::read_from_guest(&bytes, input)?;
-            self.check_output(output, 16 * n)?;
-            self.check_partition(header.partition_id)?;
-            let target = self.target(header.vp_index)?;
-            self.check_input_vtl(header.input_vtl)?;
-            Ok((bytes, target))
-        })();
-        let (bytes, target) = match prepared {
-            Ok(p) => p,
-            Err(e) => return Reps::failed(e, c.rep_start_index()),
-        };
-        let own = std::sync::Arc::ptr_eq(&target, self.shared());
-        let mut out = vec![0u8; 16 * n];
+    /// Reads a Get/SetVpRegisters input (the header and `n` elements of `elem`
+    /// bytes) and resolves the VP it names.
+    fn vp_registers_input(
+        &self,
+        input: u64,
+        elem: usize,
+        n: usize,
+    ) -> HvResult<(Vec<u8>, std::sync::Arc<VpShared>)> {
+        let bytes = self.read_input(input, 16 + elem * n)?;
+        let header = VpRegistersHeader::read_from_guest(&bytes, input)?;
+        self.check_partition(header.partition_id)?;
+        let target = self.target(header.vp_index)?;
+        self.check_input_vtl(header.input_vtl)?;
+        Ok((bytes, target))
+    }
+
+    /// Runs reps `start..count` of a rep call whose rep `i` yields `size` bytes of
+    /// output, stopping at the first failure; writes the output of the completed
+    /// reps at their place in the output list.
+    fn rep_outputs(
+        &mut self,
+        c: HypercallControl,
+        output: u64,
+        size: usize,
+        mut rep: impl FnMut(&mut Self, usize) -> HvResult<Vec<u8>>,
+    ) -> Reps {
+        let (n, start) = (c.rep_count() as usize, c.rep_start_index() as usize);
+        let mut out = Vec::with_capacity(size * n.saturating_sub(start));
         let mut status = Ok(());
-        let mut done = start;
         for i in start..n {
-            let off = 16 + 4 * i;
-            let elem = match GetVpRegistersElement::parse(&bytes[off..]) {
-                Ok(e) => e,
-                Err(e) => {
-                    status = Err(e.into());
-                    break;
-                }
-            };
-            let name = HvRegisterName(elem.name);
-            let value = if own {
-                hv_regs::get_register(&self.regs(), name).map_err(access_status)
-            } else {
-                synthetic_of_other(&target, name)
-            };
-            match value {
-                Ok(v) => out[16 * i..16 * (i + 1)].copy_from_slice(v.as_bytes()),
+            match rep(self, i) {
+                Ok(bytes) => out.extend(bytes),
                 Err(e) => {
                     status = Err(e);
                     break;
                 }
             }
-            done = i + 1;
         }
+        let done = start + out.len() / size;
         if done > start {
-            if let Err(e) =
-                self.write_output(output + 16 * start as u64, &out[16 * start..16 * done])
-            {
+            if let Err(e) = self.write_output(output + (size * start) as u64, &out) {
                 return Reps::failed(e, start as u16);
             }
         }
@@ -211,18 +204,32 @@ impl Vp {
         }
     }
 
+    fn get_vp_registers(&mut self, c: HypercallControl, input: u64, output: u64) -> Reps {
+        let n = c.rep_count() as usize;
+        let prepared = self
+            .vp_registers_input(input, 4, n)
+            .and_then(|p| self.check_output(output, 16 * n).map(|()| p));
+        let (bytes, target) = match prepared {
+            Ok(p) => p,
+            Err(e) => return Reps::failed(e, c.rep_start_index()),
+        };
+        let own = std::sync::Arc::ptr_eq(&target, self.shared());
+        self.rep_outputs(c, output, 16, |vp, i| {
+            let elem = GetVpRegistersElement::parse(&bytes[16 + 4 * i..])?;
+            let name = HvRegisterName(elem.name);
+            let value = if own {
+                hv_regs::get_register(&vp.regs(), name).map_err(access_status)?
+            } else {
+                synthetic_of_other(&target, name)?
+            };
+            Ok(value.as_bytes().to_vec())
+        })
+    }
+
     fn set_vp_registers(&mut self, c: HypercallControl, input: u64) -> Reps {
         let n = c.rep_count() as usize;
         let start = c.rep_start_index() as usize;
-        let prepared = (|| {
-            let bytes = self.read_input(input, 16 + 32 * n)?;
-            let header = VpRegistersHeader::read_from_guest(&bytes, input)?;
-            self.check_partition(header.partition_id)?;
-            let target = self.target(header.vp_index)?;
-            self.check_input_vtl(header.input_vtl)?;
-            Ok((bytes, target))
-        })();
-        let (bytes, target) = match prepared {
+        let (bytes, target) = match self.vp_registers_input(input, 32, n) {
             Ok(p) => p,
             Err(e) => return Reps::failed(e, c.rep_start_index()),
         };
@@ -283,7 +290,6 @@ impl Vp {
 
     fn get_vp_index_from_apic_id(&mut self, c: HypercallControl, input: u64, output: u64) -> Reps {
         let n = c.rep_count() as usize;
-        let start = c.rep_start_index() as usize;
         let prepared = (|| {
             let bytes = self.read_input(input, 16 + 4 * n)?;
             let header = GetVpIndexFromApicIdHeader::read_from_guest(&bytes, input)?;
@@ -296,36 +302,11 @@ impl Vp {
             Ok(b) => b,
             Err(e) => return Reps::failed(e, c.rep_start_index()),
         };
-        let mut out = vec![0u8; 4 * n];
-        let mut done = start;
-        let mut status = Ok(());
-        for i in start..n {
-            let off = 16 + 4 * i;
-            let r = ApicIdElement::parse(&bytes[off..])
-                .map_err(HvError::from)
-                .and_then(|a| self.partition().vp_index_from_apic_id(a.apic_id));
-            match r {
-                Ok(vp) => {
-                    let e = VpIndexElement { vp_index: vp };
-                    out[4 * i..4 * (i + 1)].copy_from_slice(e.as_bytes());
-                    done = i + 1;
-                }
-                Err(e) => {
-                    status = Err(e);
-                    break;
-                }
-            }
-        }
-        if done > start {
-            if let Err(e) = self.write_output(output + 4 * start as u64, &out[4 * start..4 * done])
-            {
-                return Reps::failed(e, start as u16);
-            }
-        }
-        match status {
-            Ok(()) => Reps::done(done as u16),
-            Err(e) => Reps::failed(e, done as u16),
-        }
+        self.rep_outputs(c, output, 4, |vp, i| {
+            let apic = ApicIdElement::parse(&bytes[16 + 4 * i..])?;
+            let vp_index = vp.partition().vp_index_from_apic_id(apic.apic_id)?;
+            Ok(VpIndexElement { vp_index }.as_bytes().to_vec())
+        })
     }
 }
 
