@@ -49,7 +49,7 @@ impl Vp {
         self.set_result(result.0);
         self.partition()
             .stats
-            .hypercall(hc.control.code(), start.elapsed());
+            .hypercall(hc.control.code(), result.status(), start.elapsed());
     }
 
     fn dispatch(&mut self, hc: HypercallExit) -> HypercallResult {

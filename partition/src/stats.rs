@@ -5,13 +5,15 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hv_defs::HypercallCode;
+use hv_defs::{HvStatus, HypercallCode};
 
 /// A count and the total time of the events counted.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counter {
     /// How many.
     pub count: u64,
+    /// How many of them failed (hypercalls: a status other than success).
+    pub failed: u64,
     /// Total time.
     pub time: Duration,
 }
@@ -31,10 +33,11 @@ impl Stats {
         c.time += time;
     }
 
-    pub(crate) fn hypercall(&self, code: HypercallCode, time: Duration) {
+    pub(crate) fn hypercall(&self, code: HypercallCode, status: HvStatus, time: Duration) {
         let mut m = self.hypercalls.lock().unwrap_or_else(|e| e.into_inner());
         let c = m.entry(code.0).or_default();
         c.count += 1;
+        c.failed += (status != HvStatus::SUCCESS) as u64;
         c.time += time;
     }
 
@@ -53,49 +56,45 @@ impl Stats {
 
     /// How many hypercalls with `code` were made.
     pub fn hypercall_count(&self, code: HypercallCode) -> u64 {
+        self.hypercall_counter(code).count
+    }
+
+    /// The counter of hypercalls with `code`.
+    pub fn hypercall_counter(&self, code: HypercallCode) -> Counter {
         let m = self.hypercalls.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(&code.0).map_or(0, |c| c.count)
+        m.get(&code.0).copied().unwrap_or_default()
     }
 }
 
 impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{:<34} {:>10} {:>12} {:>10}",
-            "exit reason", "count", "in KVM ms", "avg us"
-        )?;
+        let avg = |c: &Counter| c.time.as_secs_f64() * 1e6 / c.count.max(1) as f64;
+        let (n, ms) = ("count", "in KVM ms");
+        writeln!(f, "{:<34} {n:>10} {ms:>12} {:>10}", "exit reason", "avg us")?;
         for (k, c) in self.exits() {
-            row(f, k, c)?;
+            let ms = c.time.as_secs_f64() * 1e3;
+            writeln!(f, "{k:<34} {:>10} {ms:>12.3} {:>10.2}", c.count, avg(&c))?;
         }
+        let (failed, ms) = ("failed", "handling ms");
         writeln!(
             f,
-            "{:<34} {:>10} {:>12} {:>10}",
-            "hypercall", "count", "handling ms", "avg us"
+            "{:<34} {n:>10} {failed:>7} {ms:>12} {:>10}",
+            "hypercall", "avg us"
         )?;
         for (k, c) in self.hypercalls() {
             let name = match k.name() {
                 Some(n) => format!("{n} ({:#06x})", k.0),
                 None => format!("{:#06x}", k.0),
             };
-            row(f, &name, c)?;
+            let ms = c.time.as_secs_f64() * 1e3;
+            writeln!(
+                f,
+                "{name:<34} {:>10} {:>7} {ms:>12.3} {:>10.2}",
+                c.count,
+                c.failed,
+                avg(&c)
+            )?;
         }
         Ok(())
     }
-}
-
-fn row(f: &mut fmt::Formatter<'_>, name: &str, c: Counter) -> fmt::Result {
-    let avg = if c.count == 0 {
-        0.0
-    } else {
-        c.time.as_secs_f64() * 1e6 / c.count as f64
-    };
-    writeln!(
-        f,
-        "{:<34} {:>10} {:>12.3} {:>10.2}",
-        name,
-        c.count,
-        c.time.as_secs_f64() * 1e3,
-        avg
-    )
 }

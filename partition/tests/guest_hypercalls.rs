@@ -170,6 +170,12 @@ fn vp0_starts_the_aps_the_way_linux_vtl2_does() {
         3
     );
     assert_eq!(stats.hypercall_count(HypercallCode::GET_VP_REGISTERS), 1);
+    for code in [
+        HypercallCode::START_VIRTUAL_PROCESSOR,
+        HypercallCode::ENABLE_VP_VTL,
+    ] {
+        assert_eq!(stats.hypercall_counter(code).failed, 0, "{code:?}");
+    }
     assert!(format!("{stats}").contains("START_VIRTUAL_PROCESSOR (0x0099)"));
 }
 
@@ -486,6 +492,11 @@ fn hostile_hypercalls_get_their_status_and_the_partition_keeps_running() {
         );
     }
     assert_eq!(got.last().unwrap().1, 2, "VP 2's index read by VP 0");
+    // Of the hostile sequence's StartVirtualProcessor calls, only "start VP 1" worked.
+    let starts = p
+        .stats()
+        .hypercall_counter(HypercallCode::START_VIRTUAL_PROCESSOR);
+    assert_eq!(starts.failed, starts.count - 1, "{starts:?}");
     let mut id = [0u8; 8];
     p.memory()
         .read_slice(&mut id, GuestAddress(out + 0x100))
