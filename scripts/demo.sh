@@ -19,4 +19,12 @@ init=target/guests/busybox.cpio
 [ -e /sys/module/kvm_pvm ] && init=target/guests/probe.cpio
 for a in "$@"; do [ "$a" = vtl2 ] && kernel=target/guests/vtl2/vmlinux; done
 set -x
-exec target/release/reference-vmm --kernel "$kernel" --initramfs "$init" --vcpus 4 --timings --stats "$@"
+status=0
+target/release/reference-vmm --kernel "$kernel" --initramfs "$init" --vcpus 4 --timings --stats "$@" || status=$?
+set +x
+case $status in
+  0) echo "demo: the guest powered off (status 0)" ;;
+  3) echo "demo: the guest rebooted (status 3)$([ -e /sys/module/kvm_pvm ] && echo ': expected on PVM, where /init is the ud2 probe and the kernel panics and reboots')" ;;
+  *) echo "demo: reference-vmm ended with status $status (1 VMM error, 2 usage, 4 guest crash)" ;;
+esac
+exit $status
