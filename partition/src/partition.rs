@@ -472,15 +472,7 @@ impl Partition {
     /// whose thread waits for the suspend to clear resumes.
     pub fn set_explicit_suspend(&self, index: VpIndex, suspend: bool) -> HvResult<()> {
         let vp = self.vp_shared(index).ok_or(HvError::INVALID_VP_INDEX)?;
-        {
-            let mut g = vp.lock();
-            g.state = g.state.set_explicit_suspend(suspend);
-        }
-        vp.wake.notify_all();
-        if suspend {
-            vp.kick(|g| g.state.suspended());
-        }
-        Ok(())
+        vp.set_synthetic(Synthetic::ExplicitSuspend, suspend as u64)
     }
 
     /// Cancels the current (or next) run of VP `index` from another thread: its

@@ -152,7 +152,6 @@ fn main() {
 /// Reads stdin into the serial port and watches for the guest's end.
 struct Console {
     devices: Arc<Devices>,
-    stdin_open: bool,
     done: bool,
 }
 
@@ -168,7 +167,6 @@ impl MutEventSubscriber for Console {
         if n <= 0 {
             // EOF or error: stop watching stdin (CI has none).
             let _ = ops.remove(Events::empty_raw(0));
-            self.stdin_open = false;
             return;
         }
         let mut s = self
@@ -181,9 +179,8 @@ impl MutEventSubscriber for Console {
 
     fn init(&mut self, ops: &mut EventOps) {
         let _ = ops.add(Events::new(&self.devices.exit.event, EventSet::IN));
-        if self.stdin_open && ops.add(Events::new_raw(0, EventSet::IN)).is_err() {
-            self.stdin_open = false;
-        }
+        // No stdin (a closed descriptor) simply means no console input.
+        let _ = ops.add(Events::new_raw(0, EventSet::IN));
     }
 }
 
@@ -341,7 +338,6 @@ fn run(args: Args) -> Result<i32, VmmError> {
     let mut em = EventManager::<Console>::new().map_err(|e| VmmError::Setup(format!("{e:?}")))?;
     let id = em.add_subscriber(Console {
         devices: devices.clone(),
-        stdin_open: true,
         done: false,
     });
     loop {
