@@ -9,8 +9,8 @@ use crate::location::{
     activity_from_mp_state, location, mp_state_from_activity, segment_from_kvm, segment_to_kvm,
     table_from_kvm, table_to_kvm, Debug, KvmRegister, Synthetic,
 };
-use crate::validate::{validate, RegisterFault};
-use crate::HvRegisterName;
+use crate::validate::{validate_for, RegisterFault};
+use crate::{CpuVendor, HvRegisterName};
 
 /// A vCPU's state, grouped the way KVM's ioctls group it, plus the VP model's own
 /// registers.
@@ -50,6 +50,9 @@ pub trait VcpuRegisters {
     fn get_synthetic(&self, reg: Synthetic) -> Result<u64, Self::Error>;
     /// Writes a register of the VP model; the value has been validated.
     fn set_synthetic(&self, reg: Synthetic, value: u64) -> Result<(), Self::Error>;
+    /// The processor vendor the vCPU presents in CPUID, for the vendor-specific
+    /// register rules of [`validate_for`].
+    fn cpu_vendor(&self) -> CpuVendor;
 }
 
 /// Why a register access failed.
@@ -120,7 +123,7 @@ pub fn get_register<V: VcpuRegisters>(
     })
 }
 
-/// Writes `value` to register `name` of `vcpu`, after [`validate`]; a refused value
+/// Writes `value` to register `name` of `vcpu`, after [`validate_for`]; a refused value
 /// leaves the vCPU untouched.
 ///
 /// Like HvSetVpRegisters, it has no side effects beyond the register itself.
@@ -129,7 +132,7 @@ pub fn set_register<V: VcpuRegisters>(
     name: HvRegisterName,
     value: HvRegisterValue,
 ) -> Result<(), AccessError<V::Error>> {
-    validate(name, value).map_err(AccessError::Fault)?;
+    validate_for(name, value, vcpu.cpu_vendor()).map_err(AccessError::Fault)?;
     let loc = location(name).ok_or(AccessError::Fault(RegisterFault::UnknownName(name)))?;
     let low = value.low;
     match loc {
@@ -193,8 +196,9 @@ pub fn set_registers<V: VcpuRegisters>(
     values: &[(HvRegisterName, HvRegisterValue)],
 ) -> Result<(), (usize, AccessError<V::Error>)> {
     let mut locs = Vec::with_capacity(values.len());
+    let vendor = vcpu.cpu_vendor();
     for (i, &(name, value)) in values.iter().enumerate() {
-        validate(name, value).map_err(|f| (i, AccessError::Fault(f)))?;
+        validate_for(name, value, vendor).map_err(|f| (i, AccessError::Fault(f)))?;
         let loc =
             location(name).ok_or((i, AccessError::Fault(RegisterFault::UnknownName(name))))?;
         locs.push(loc);

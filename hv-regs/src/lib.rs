@@ -30,6 +30,7 @@ mod context;
 mod location;
 mod name;
 mod validate;
+mod vendor;
 
 pub use access::{
     get_register, set_register, set_registers, AccessError, VcpuRegisters, VsmVpStatus,
@@ -42,5 +43,6 @@ pub use location::{
 };
 pub use name::HvRegisterName;
 pub use validate::{
-    check_control, check_segment, check_table, is_canonical, validate, RegisterFault,
+    check_control, check_segment, check_table, is_canonical, validate, validate_for, RegisterFault,
 };
+pub use vendor::CpuVendor;

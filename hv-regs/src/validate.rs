@@ -9,7 +9,7 @@ use hv_defs::{HvError, HvRegisterValue, SegmentRegister, TableRegister};
 use crate::location::{
     location, mp_state_from_activity, msr, Control, Debug, Gpr, KvmRegister, Synthetic,
 };
-use crate::HvRegisterName;
+use crate::{CpuVendor, HvRegisterName};
 
 /// Why a register value was refused.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -148,7 +148,7 @@ fn canonical(name: HvRegisterName, value: u64) -> Result<(), RegisterFault> {
 }
 
 fn width(name: HvRegisterName, value: u64, bits: u32) -> Result<(), RegisterFault> {
-    if value >> bits == 0 {
+    if value.checked_shr(bits).unwrap_or(0) == 0 {
         Ok(())
     } else {
         Err(RegisterFault::BeyondWidth(name))
@@ -268,6 +268,39 @@ fn check_msr(name: HvRegisterName, index: u32, v: u64) -> Result<(), RegisterFau
 /// );
 /// ```
 pub fn validate(name: HvRegisterName, value: HvRegisterValue) -> Result<(), RegisterFault> {
+    validate_checks(name, value, None)
+}
+
+/// [`validate`] plus the rules that depend on the processor vendor the vCPU
+/// presents ([`CpuVendor`]): on AMD processors IA32_SYSENTER_EIP and
+/// IA32_SYSENTER_ESP are 32 bits wide, so a value with the upper half set is
+/// refused rather than silently truncated. [`set_register`](crate::set_register)
+/// and [`set_registers`](crate::set_registers) validate with this.
+///
+/// ```
+/// use hv_regs::{validate_for, CpuVendor, HvRegisterName, RegisterFault};
+/// let eip = HvRegisterName::SYSENTER_EIP;
+/// let high = 0xFFFF_FFFF_8160_0000u64;
+/// assert!(validate_for(eip, high.into(), CpuVendor::Intel).is_ok());
+/// assert_eq!(
+///     validate_for(eip, high.into(), CpuVendor::Amd),
+///     Err(RegisterFault::BeyondWidth(eip))
+/// );
+/// assert!(validate_for(eip, 0x8160_0000u64.into(), CpuVendor::Amd).is_ok());
+/// ```
+pub fn validate_for(
+    name: HvRegisterName,
+    value: HvRegisterValue,
+    vendor: CpuVendor,
+) -> Result<(), RegisterFault> {
+    validate_checks(name, value, Some(vendor))
+}
+
+fn validate_checks(
+    name: HvRegisterName,
+    value: HvRegisterValue,
+    vendor: Option<CpuVendor>,
+) -> Result<(), RegisterFault> {
     let loc = location(name).ok_or(RegisterFault::UnknownName(name))?;
     match loc {
         KvmRegister::Segment(_) => return check_segment(name, &value.as_segment()),
@@ -312,7 +345,12 @@ pub fn validate(name: HvRegisterName, value: HvRegisterValue) -> Result<(), Regi
                 "AVX state without SSE state",
             )
         }
-        KvmRegister::Msr(index) => check_msr(name, index, v),
+        KvmRegister::Msr(index) => {
+            if let (msr::SYSENTER_EIP | msr::SYSENTER_ESP, Some(vendor)) = (index, vendor) {
+                width(name, v, vendor.sysenter_width())?;
+            }
+            check_msr(name, index, v)
+        }
         KvmRegister::MpState => {
             reserved(name, v, ACTIVITY_RESERVED)?;
             inconsistent(

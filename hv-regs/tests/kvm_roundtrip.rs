@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{long_mode_context, long_mode_vcpu, seg, TestVcpu};
+use common::{long_mode_context, long_mode_vcpu, long_mode_vcpu_as, seg, TestVcpu};
 use hv_defs::{HvError, HvRegisterValue, InitialVpContext, TableRegister};
 use hv_regs::*;
 use kvm_bindings::{kvm_regs, kvm_sregs};
@@ -106,9 +106,11 @@ fn settable() -> Vec<(HvRegisterName, HvRegisterValue)> {
     v
 }
 
-#[test]
-fn every_settable_register_round_trips_through_kvm() {
-    let (_kvm, _vm, vcpu) = long_mode_vcpu();
+/// Every settable register written by name and read back through KVM, on a vCPU
+/// that presents `vendor`.
+fn round_trip_every_settable_register(vendor: &[u8; 12]) {
+    let (_kvm, _vm, vcpu) = long_mode_vcpu_as(Some(vendor));
+    let width = vcpu.vendor.sysenter_width();
     let names = settable();
     // Every known, writable name is covered.
     for &n in HvRegisterName::KNOWN {
@@ -117,11 +119,52 @@ fn every_settable_register_round_trips_through_kvm() {
         assert!(read_only || covered, "{n:?} has no round-trip case");
     }
     for (name, value) in names {
+        let value = match name {
+            // 32 bits wide on AMD processors (hv_regs::CpuVendor).
+            HvRegisterName::SYSENTER_EIP | HvRegisterName::SYSENTER_ESP if width == 32 => {
+                HvRegisterValue::from(value.low & 0xFFFF_FFFF)
+            }
+            _ => value,
+        };
         set_register(&vcpu, name, value)
             .unwrap_or_else(|e| panic!("set {name:?} = {value:x?}: {e}"));
         let back = get_register(&vcpu, name).unwrap();
         assert_eq!(back, value, "{name:?} read back differently");
     }
+}
+
+#[test]
+fn every_settable_register_round_trips_through_kvm_on_an_intel_vcpu() {
+    round_trip_every_settable_register(b"GenuineIntel");
+}
+
+#[test]
+fn every_settable_register_round_trips_through_kvm_on_an_amd_vcpu() {
+    round_trip_every_settable_register(b"AuthenticAMD");
+}
+
+#[test]
+fn sysenter_eip_and_esp_are_32_bits_on_an_amd_vcpu() {
+    use HvRegisterName as N;
+    let (_kvm, _vm, vcpu) = long_mode_vcpu_as(Some(b"AuthenticAMD"));
+    let before = snapshot(&vcpu);
+    for name in [N::SYSENTER_EIP, N::SYSENTER_ESP] {
+        match set_register(&vcpu, name, 0xFFFF_FFFF_8160_0000u64.into()) {
+            Err(AccessError::Fault(f)) => {
+                assert_eq!(f, RegisterFault::BeyondWidth(name));
+                assert_eq!(f.status(), HvError::INVALID_PARAMETER);
+            }
+            other => panic!("{name:?}: expected a width fault, got {other:?}"),
+        }
+    }
+    assert_eq!(snapshot(&vcpu), before, "a refused write changed the vCPU");
+    // The same values on an Intel vCPU are kept whole.
+    let (_kvm, _vm, intel) = long_mode_vcpu_as(Some(b"GenuineIntel"));
+    set_register(&intel, N::SYSENTER_EIP, 0xFFFF_FFFF_8160_0000u64.into()).unwrap();
+    assert_eq!(
+        get_register(&intel, N::SYSENTER_EIP).unwrap(),
+        0xFFFF_FFFF_8160_0000u64.into()
+    );
 }
 
 #[test]
@@ -307,6 +350,9 @@ fn a_batch_reaches_long_mode_where_single_writes_cannot() {
     vm.create_irq_chip().unwrap();
     let vcpu = TestVcpu {
         fd: vm.create_vcpu(0).unwrap(),
+        // No CPUID set: KVM's default vCPU; the batch below writes no vendor-specific
+        // register.
+        vendor: CpuVendor::Other,
         synthetic: Default::default(),
     };
     let c = long_mode_context();

@@ -111,6 +111,8 @@ pub(crate) struct VpInner {
 #[derive(Debug)]
 pub(crate) struct VpShared {
     pub index: VpIndex,
+    /// The vendor the vCPU's CPUID presents, for vendor-specific register rules.
+    pub vendor: hv_regs::CpuVendor,
     pub inner: Mutex<VpInner>,
     pub wake: Condvar,
 }
@@ -393,8 +395,16 @@ impl Partition {
         }
         vcpu.set_cpuid2(&cpuid)
             .map_err(|_| HvError::OPERATION_FAILED)?;
+        let vendor = cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == 0)
+            .map_or(hv_regs::CpuVendor::Other, |e| {
+                hv_regs::CpuVendor::from_cpuid0(e.ebx, e.ecx, e.edx)
+            });
         let shared = Arc::new(VpShared {
             index,
+            vendor,
             inner: Mutex::new(VpInner {
                 state: VpState::new(index, self.boot_vtl()),
                 pending_start: None,

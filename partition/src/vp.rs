@@ -132,6 +132,9 @@ impl VcpuRegisters for RegAccess<'_> {
     fn set_synthetic(&self, reg: Synthetic, value: u64) -> HvResult<()> {
         self.shared.set_synthetic(reg, value)
     }
+    fn cpu_vendor(&self) -> hv_regs::CpuVendor {
+        self.shared.vendor
+    }
 }
 
 pub(crate) fn access_status(e: AccessError<HvError>) -> HvError {

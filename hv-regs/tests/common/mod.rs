@@ -16,6 +16,7 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 /// A bare KVM vCPU with the VP model's registers in a map.
 pub struct TestVcpu {
     pub fd: VcpuFd,
+    pub vendor: CpuVendor,
     pub synthetic: RefCell<HashMap<Synthetic, u64>>,
 }
 
@@ -93,6 +94,9 @@ impl VcpuRegisters for TestVcpu {
         self.synthetic.borrow_mut().insert(reg, value);
         Ok(())
     }
+    fn cpu_vendor(&self) -> CpuVendor {
+        self.vendor
+    }
 }
 
 fn libc_einval() -> i32 {
@@ -112,16 +116,34 @@ pub fn open_kvm() -> Kvm {
 /// A VM with an in-kernel irqchip and one vCPU whose CPUID is KVM's supported set,
 /// in 64-bit mode with the context Linux gives its APs.
 pub fn long_mode_vcpu() -> (Kvm, VmFd, TestVcpu) {
+    long_mode_vcpu_as(None)
+}
+
+/// [`long_mode_vcpu`] presenting the CPUID vendor string `vendor` (KVM's supported
+/// set otherwise): register rules that differ by vendor follow the vendor the guest
+/// is shown, in KVM as in hv-regs.
+pub fn long_mode_vcpu_as(vendor: Option<&[u8; 12]>) -> (Kvm, VmFd, TestVcpu) {
     let kvm = open_kvm();
     let vm = kvm.create_vm().expect("KVM_CREATE_VM");
     vm.create_irq_chip().expect("KVM_CREATE_IRQCHIP");
     let fd = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
-    let cpuid = kvm
+    let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .expect("supported CPUID");
+    let leaf0 = cpuid
+        .as_mut_slice()
+        .iter_mut()
+        .find(|e| e.function == 0)
+        .expect("CPUID leaf 0");
+    if let Some(id) = vendor {
+        let word = |i: usize| u32::from_le_bytes(id[i..i + 4].try_into().unwrap());
+        (leaf0.ebx, leaf0.edx, leaf0.ecx) = (word(0), word(4), word(8));
+    }
+    let vendor = CpuVendor::from_cpuid0(leaf0.ebx, leaf0.ecx, leaf0.edx);
     fd.set_cpuid2(&cpuid).expect("KVM_SET_CPUID2");
     let vcpu = TestVcpu {
         fd,
+        vendor,
         synthetic: RefCell::new(HashMap::new()),
     };
     load_context(&vcpu, &long_mode_context()).expect("load a 64-bit context");
