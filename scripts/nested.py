@@ -9,15 +9,20 @@ busybox-static), cached by content hash, and runs a payload inside it:
 
   nested.py l1                          build (or find) the L1; print its directory
   nested.py run [--timeout S] [--file PATH]... -- CMD [ARG]...
-                                        run CMD inside a fresh L1; the listed files
-                                        (and the shared libraries of any ELF among
-                                        them) sit at the same absolute paths there
+                                        run CMD inside a fresh L1; the listed files,
+                                        CMD and every ARG that names a file (and the
+                                        shared libraries of any ELF among them) sit
+                                        at the same absolute paths there
   nested.py tests [--extra PATH]... EXE...
                                         run each test executable in its own L1
                                         session (a boot-test binary: one session per
                                         test) and print "N passed, N failed"
-  nested.py boots --vmm PATH            the stock-kernel boots (Debian's cloud
+  nested.py boots --vmm PATH --initramfs PATH
+                                        the stock-kernel boots (Debian's cloud
                                         kernel + busybox, 4 and 16 vCPUs)
+  nested.py suite                       what scripts/test-all.sh runs: builds the
+                                        workspace's test executables, runs them
+                                        all (`tests`), then the stock boots
 
 `run` prints the payload's output and exits with its status. A failure of the tier
 itself is never mistaken for the payload's: QEMU missing, L1 not coming up, TCG
@@ -33,6 +38,7 @@ backwards), and each session is short: a fresh L1 per payload.
 import argparse
 import hashlib
 import inspect
+import json
 import os
 import queue
 import re
@@ -231,8 +237,21 @@ class Payload:
         return self.c.finish()
 
 
+class Outcome:
+    """A payload's status and output, the seconds L1 took to be ready, and each
+    output line with the seconds since the payload started."""
+
+    def __init__(self, status, text, ready, stamps, end=None):
+        self.status, self.text, self.ready, self.stamps = status, text, ready, stamps
+        self.end = end  # seconds from the payload's start to its exit
+
+    def at(self, needle):
+        """Seconds from the payload's start to the first line containing needle."""
+        return next((t for t, line in self.stamps if needle in line), None)
+
+
 def run(cmd, files, timeout, mem_mib=3072, cwd=None, echo=True):
-    """Runs cmd in a fresh L1; returns (status, payload output, seconds to L1 ready).
+    """Runs cmd in a fresh L1; returns its Outcome.
 
     Raises L1Failure when the tier itself fails."""
     if shutil.which("qemu-system-x86_64") is None:
@@ -246,7 +265,8 @@ def run(cmd, files, timeout, mem_mib=3072, cwd=None, echo=True):
         with open(initrd, "wb") as out:
             out.write(open(os.path.join(l1, "base.cpio"), "rb").read())
             out.write(p.finish(cmd, cwd or os.getcwd()))
-        qemu = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "EPYC,+svm,+npt",
+        cpu = os.environ.get("HVKVM_NESTED_CPU", "EPYC,+svm,+npt")
+        qemu = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", cpu,
                 "-machine", "q35", "-smp", "1", "-m", str(mem_mib), "-nodefaults",
                 "-display", "none", "-serial", "stdio", "-no-reboot",
                 "-kernel", os.path.join(l1, "vmlinuz"), "-initrd", initrd,
@@ -266,8 +286,8 @@ def _drive(qemu, timeout, echo):
         lines.put(None)
 
     threading.Thread(target=reader, daemon=True).start()
-    boot_log, out = [], []
-    ready_at = None
+    boot_log, out, stamps = [], [], []
+    ready_at = end = None
     last_alive = start
     status = None
     # L1 must come up well inside the payload's bound.
@@ -297,8 +317,10 @@ def _drive(qemu, timeout, echo):
                     pass  # L1's own power-off lines
                 elif line.startswith(EXIT):
                     status = int(line[len(EXIT):].strip())
+                    end = time.monotonic() - ready_at
                 else:
                     out.append(line)
+                    stamps.append((time.monotonic() - ready_at, line))
                     if echo:
                         sys.stdout.write(line)
                         sys.stdout.flush()
@@ -310,7 +332,7 @@ def _drive(qemu, timeout, echo):
                     raise L1Failure(f"L1 froze: no heartbeat for "
                                     f"{time.monotonic() - last_alive:.0f} s")
                 log(f"payload still running after {timeout} s: killed (a hang, not L1)")
-                return HANG, "".join(out), ready_at - start
+                return Outcome(HANG, "".join(out), ready_at - start, stamps)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -322,7 +344,7 @@ def _drive(qemu, timeout, echo):
     if status is None:
         why = "panicked" if "Kernel panic" in text else "reset or powered off"
         raise L1Failure(f"L1 {why} before the payload finished:\n" + "".join(out[-30:]))
-    return status, text, ready_at - start
+    return Outcome(status, text, ready_at - start, stamps, end)
 
 
 # ---------------------------------------------------------------------------
@@ -341,7 +363,7 @@ def run_with_retry(cmd, files, timeout, what):
         except L1Failure as e:
             log(f"L1 failure: {what} (attempt {attempt}): {e}")
             if attempt == 2:
-                return INFRA, f"nested: L1 failure: {e}\n", 0.0
+                return Outcome(INFRA, f"nested: L1 failure: {e}\n", 0.0, [])
     raise AssertionError
 
 
@@ -359,7 +381,8 @@ def tests(exes, extra, timeout):
             cmd = [exe] + (["--exact", g[0]] if g else []) + ["--test-threads", "1"]
             label = os.path.basename(exe) + (f" {g[0]}" if g else "")
             t0 = time.monotonic()
-            st, text, ready = run_with_retry(cmd, [exe] + extra, timeout, label)
+            o = run_with_retry(cmd, [exe] + extra, timeout, label)
+            st, text, ready = o.status, o.text, o.ready
             n_pass = sum(int(m) for m in re.findall(r"test result: \w+\. (\d+) passed", text))
             n_fail = sum(int(m) for m in re.findall(r"; (\d+) failed", text))
             if st != 0 and n_fail == 0:
@@ -385,13 +408,8 @@ def stock_kernel():
     return os.path.join(build_l1(), "vmlinuz")
 
 
-def timeline(text, pattern):
-    """Seconds of the first --timings line matching pattern, or None."""
-    for line in text.splitlines():
-        m = re.match(r"\[\s*([\d.]+) s\] (.*)", line)
-        if m and re.search(pattern, m.group(2)):
-            return float(m.group(1))
-    return None
+def fmt(t):
+    return "-" if t is None else f"{t:.1f}"
 
 
 def timeline_last(text, pattern):
@@ -411,7 +429,8 @@ def boots(vmm, busybox, sweep):
         cmd = [vmm, "--kernel", kernel, "--vcpus", str(vcpus), "--initramfs", busybox,
                "--timings", "--stats"]
         label = f"stock {name} bzImage, {vcpus} vCPUs, busybox /init"
-        st, text, ready = run_with_retry(cmd, [vmm, kernel, busybox], 600, label)
+        o = run_with_retry(cmd, [vmm, kernel, busybox], 600, label)
+        st, text = o.status, o.text
         aps = vcpus - 1
         checks = [
             ("status 0 (power-off)", st == 0),
@@ -423,9 +442,10 @@ def boots(vmm, busybox, sweep):
         ]
         bad = [c for c, ok in checks if not ok]
         aps_online = timeline_last(text, r"started through StartVirtualProcessor")
-        exit_t = timeline_last(text, r".")
-        log(f"{label}: L1 ready {ready:.1f} s, last AP started {aps_online} s, "
-            f"exit {exit_t} s (VMM clock), status {st}")
+        user = o.at("HVKVM-INIT")
+        log(f"{label}: L1 ready {o.ready:.1f} s; from the VMM's start: APs online "
+            f"{fmt(aps_online)}, user space {fmt(user)}, exit {fmt(o.end)} "
+            f"s; status {st}")
         if bad:
             failed += 1
             print(f"FAIL {label}: missing {bad}\n{text[-4000:]}")
@@ -434,6 +454,39 @@ def boots(vmm, busybox, sweep):
             print(f"ok   {label}")
     print(f"nested boots: {passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
+
+
+def suite():
+    """Every test executable of the workspace in L1, then the stock-kernel boots."""
+    t0 = time.monotonic()
+    r = subprocess.run(["cargo", "test", "--workspace", "--locked", "--no-run",
+                        "--message-format=json-render-diagnostics"],
+                       cwd=REPO, stdout=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        log("cargo test --no-run failed")
+        return r.returncode
+    plain, with_guests, vmm = [], [], None
+    for line in r.stdout.splitlines():
+        j = json.loads(line)
+        exe = j.get("executable") if j.get("reason") == "compiler-artifact" else None
+        if not exe:
+            continue
+        if not j["profile"]["test"]:
+            if j["target"]["name"] == "reference-vmm":
+                vmm = exe
+            continue
+        # The reference-vmm tests boot the guests that guests/build.sh built.
+        (with_guests if "reference-vmm" in j["package_id"] else plain).append(exe)
+    if vmm is None:
+        log("cargo built no reference-vmm binary")
+        return 1
+    guests = os.path.join(REPO, "target", "guests")
+    log(f"{len(plain) + len(with_guests)} test executables; each runs in a fresh L1")
+    st = tests(sorted(plain), [], 900)
+    st |= tests(sorted(with_guests), [vmm, guests], 900)
+    st |= boots(vmm, os.path.join(guests, "busybox.cpio"), [4, 16])
+    log(f"nested tier done in {time.monotonic() - t0:.0f} s")
+    return st
 
 
 def main():
@@ -453,6 +506,7 @@ def main():
     b.add_argument("--vmm", required=True)
     b.add_argument("--initramfs", required=True)
     b.add_argument("--vcpus", default="4,16")
+    sub.add_parser("suite")
     a = ap.parse_args()
     try:
         if a.cmd == "l1":
@@ -462,12 +516,15 @@ def main():
             cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
             if not cmd:
                 ap.error("run needs a command after --")
-            st, _, ready = run(cmd, a.file + [cmd[0]] if os.path.exists(cmd[0]) else a.file,
-                               a.timeout, a.mem)
-            log(f"L1 ready after {ready:.1f} s; payload status {st}")
-            return st
+            # The command and every argument naming an existing file come along.
+            files = a.file + [c for c in cmd if os.path.isfile(c)]
+            o = run(cmd, files, a.timeout, a.mem)
+            log(f"L1 ready after {o.ready:.1f} s; payload status {o.status}")
+            return o.status
         if a.cmd == "tests":
             return tests(a.exes, a.extra, a.timeout)
+        if a.cmd == "suite":
+            return suite()
         if a.cmd == "boots":
             return boots(os.path.abspath(a.vmm), os.path.abspath(a.initramfs),
                          [int(v) for v in a.vcpus.split(",")])

@@ -13,10 +13,14 @@ if [ ! -x "/usr/lib/llvm-${llvm_major}/bin/llvm-profdata" ]; then
   need_apt+=("llvm-${llvm_major}")
 fi
 command -v python3 >/dev/null || need_apt+=(python3)
+# The nested real-KVM tier (scripts/nested.py): QEMU's TCG emulates AMD SVM.
+command -v qemu-system-x86_64 >/dev/null || need_apt+=(qemu-system-x86)
+command -v objcopy >/dev/null || need_apt+=(binutils)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need_apt[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${need_apt[@]}" >/dev/null
 fi
 
 if ! cargo llvm-cov --version >/dev/null 2>&1; then
