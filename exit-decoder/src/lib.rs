@@ -231,6 +231,38 @@ pub enum VpExit<'a> {
 }
 
 impl VpExit<'_> {
+    /// The WHV_RUN_VP_EXIT_REASON a WHvRunVirtualProcessor-shaped consumer sees
+    /// for this exit; `None` for what that interface has no reason for (KVM system
+    /// events, internal errors, unknown exits, a failed `KVM_RUN`), which such a
+    /// consumer treats as a failure of the run itself.
+    ///
+    /// ```
+    /// use exit_decoder::VpExit;
+    /// use hv_defs::WhvRunVpExitReason as R;
+    /// assert_eq!(VpExit::Halt.whv_exit_reason(), Some(R::X64_HALT));
+    /// assert_eq!(VpExit::Canceled.whv_exit_reason(), Some(R::CANCELED));
+    /// assert_eq!(VpExit::RunFailed { errno: 22 }.whv_exit_reason(), None);
+    /// ```
+    pub fn whv_exit_reason(&self) -> Option<hv_defs::WhvRunVpExitReason> {
+        use hv_defs::WhvRunVpExitReason as R;
+        match self {
+            VpExit::MemoryAccess { .. } | VpExit::MemoryFault { .. } => Some(R::MEMORY_ACCESS),
+            VpExit::IoPortAccess { .. } => Some(R::X64_IO_PORT_ACCESS),
+            VpExit::MsrAccess(_) => Some(R::X64_MSR_ACCESS),
+            VpExit::Halt => Some(R::X64_HALT),
+            VpExit::InterruptWindow => Some(R::X64_INTERRUPT_WINDOW),
+            VpExit::ApicEoi { .. } => Some(R::X64_APIC_EOI),
+            VpExit::UnrecoverableException => Some(R::UNRECOVERABLE_EXCEPTION),
+            VpExit::InvalidVpRegisterValue { .. } => Some(R::INVALID_VP_REGISTER_VALUE),
+            VpExit::Canceled => Some(R::CANCELED),
+            VpExit::Exception => Some(R::EXCEPTION),
+            VpExit::SystemEvent { .. }
+            | VpExit::InternalError
+            | VpExit::Other { .. }
+            | VpExit::RunFailed { .. } => None,
+        }
+    }
+
     /// Whether this exit is the hypercall page's trap: a 4-byte OUT to `port`.
     pub fn is_hypercall_trap(&self, port: u16) -> bool {
         matches!(self, VpExit::IoPortAccess { port: p, access: Access::Write(d) } if *p == port && d.len() == 4)
@@ -325,9 +357,9 @@ pub fn decode<'a>(result: Result<VcpuExit<'a>, kvm_ioctls::Error>) -> VpExit<'a>
 pub struct HypercallExit {
     /// The hypercall input value (RCX).
     pub control: HypercallControl,
-    /// RDX: the input GPA, or the first fast input.
+    /// The input GPA, or the first fast input (RDX; EBX:ECX for a 32-bit caller).
     pub rdx: u64,
-    /// R8: the output GPA, or the second fast input.
+    /// The output GPA, or the second fast input (R8; EDI:ESI for a 32-bit caller).
     pub r8: u64,
     /// RIP of the trapping instruction's successor is RIP + 2 once KVM completes
     /// the OUT; this is the RIP KVM reported.
@@ -335,12 +367,38 @@ pub struct HypercallExit {
 }
 
 impl HypercallExit {
-    /// Decodes the hypercall registers.
+    /// Decodes the hypercall registers of a 64-bit caller (EFER.LMA and CS.L):
+    /// RCX, RDX, R8.
     pub fn from_regs(regs: &kvm_regs) -> Self {
         HypercallExit {
             control: HypercallControl(regs.rcx),
             rdx: regs.rdx,
             r8: regs.r8,
+            rip: regs.rip,
+        }
+    }
+
+    /// Decodes the hypercall registers of a 32-bit caller (TLFS "Hypercall
+    /// Inputs", x86 column): the control word in EDX:EAX, the input GPA in
+    /// EBX:ECX, the output GPA in EDI:ESI. The result goes back in EDX:EAX.
+    ///
+    /// ```
+    /// use exit_decoder::HypercallExit;
+    /// use kvm_bindings::kvm_regs;
+    /// let regs = kvm_regs {
+    ///     rdx: 0x1, rax: 0x0099, rbx: 0x2, rcx: 0x3000, rdi: 0x4, rsi: 0x5000,
+    ///     ..Default::default()
+    /// };
+    /// let hc = HypercallExit::from_regs_x86(&regs);
+    /// assert_eq!(hc.control.0, 0x1_0000_0099);
+    /// assert_eq!((hc.rdx, hc.r8), (0x2_0000_3000, 0x4_0000_5000));
+    /// ```
+    pub fn from_regs_x86(regs: &kvm_regs) -> Self {
+        let pair = |hi: u64, lo: u64| (hi << 32) | (lo & 0xFFFF_FFFF);
+        HypercallExit {
+            control: HypercallControl(pair(regs.rdx, regs.rax)),
+            rdx: pair(regs.rbx, regs.rcx),
+            r8: pair(regs.rdi, regs.rsi),
             rip: regs.rip,
         }
     }

@@ -51,14 +51,16 @@ pub enum InputError {
 }
 
 impl InputError {
-    /// The HV_STATUS a hypercall returns for this error: `INVALID_ALIGNMENT` for a
-    /// misaligned GPA, `INVALID_PARAMETER` otherwise.
+    /// The HV_STATUS a hypercall returns for this error. The TLFS common status
+    /// table (Hypercall Interface, "Common Hypercall Status Codes") gives
+    /// `INVALID_ALIGNMENT` for a GPA not 8-byte aligned and for a parameter list
+    /// that spans pages; a short list or a set RsvdZ field is `INVALID_PARAMETER`.
     pub const fn status(self) -> HvError {
         match self {
-            InputError::Misaligned { .. } => HvError::INVALID_ALIGNMENT,
-            InputError::Short { .. }
-            | InputError::CrossesPage { .. }
-            | InputError::Reserved { .. } => HvError::INVALID_PARAMETER,
+            InputError::Misaligned { .. } | InputError::CrossesPage { .. } => {
+                HvError::INVALID_ALIGNMENT
+            }
+            InputError::Short { .. } | InputError::Reserved { .. } => HvError::INVALID_PARAMETER,
         }
     }
 }

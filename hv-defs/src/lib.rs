@@ -64,12 +64,14 @@ pub(crate) use assert_layout;
 
 mod open_enum;
 
+mod exit;
 mod hypercall;
 mod ids;
 mod input;
 mod status;
 mod x64;
 
+pub use exit::WhvRunVpExitReason;
 pub use hypercall::{CallKind, HypercallCode, HypercallControl, HypercallResult};
 pub use ids::{HvInputVtl, PartitionId, VpIndex, Vtl};
 pub use input::{

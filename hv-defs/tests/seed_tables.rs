@@ -257,7 +257,9 @@ fn hostile_placements_are_errors_not_panics() {
             len: 240
         }
     );
-    assert_eq!(e.status(), HvError::INVALID_PARAMETER);
+    // TLFS Hypercall Interface, "Common Hypercall Status Codes": a parameter list
+    // that spans pages is HV_STATUS_INVALID_ALIGNMENT.
+    assert_eq!(e.status(), HvError::INVALID_ALIGNMENT);
     // The highest GPA does not overflow.
     assert!(check_parameter_block(u64::MAX - 7, 16).is_err());
     assert!(check_parameter_block(0, 4097).is_err());

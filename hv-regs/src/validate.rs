@@ -147,6 +147,40 @@ fn canonical(name: HvRegisterName, value: u64) -> Result<(), RegisterFault> {
     }
 }
 
+/// The XSETBV consistency rules (Intel SDM vol. 1 13.3, "Enabling the XSAVE
+/// feature set"): AVX needs SSE; the two MPX components go together; the three
+/// AVX-512 components go together and need AVX; the two AMX components go
+/// together. KVM refuses the same values, so a batch checked here is not left half
+/// written by a late KVM refusal.
+fn check_xcr0(name: HvRegisterName, v: u64) -> Result<(), RegisterFault> {
+    let all_or_none = |mask: u64| v & mask == 0 || v & mask == mask;
+    inconsistent(
+        name,
+        v & 0b100 != 0 && v & 0b10 == 0,
+        "AVX state without SSE state",
+    )?;
+    inconsistent(
+        name,
+        !all_or_none(0b1_1000),
+        "BNDREGS without BNDCSR or the reverse",
+    )?;
+    inconsistent(
+        name,
+        !all_or_none(0b1110_0000),
+        "AVX-512 state components not all set together",
+    )?;
+    inconsistent(
+        name,
+        v & 0b1110_0000 != 0 && v & 0b100 == 0,
+        "AVX-512 state without AVX state",
+    )?;
+    inconsistent(
+        name,
+        !all_or_none(0b11 << 17),
+        "XTILECFG without XTILEDATA or the reverse",
+    )
+}
+
 fn width(name: HvRegisterName, value: u64, bits: u32) -> Result<(), RegisterFault> {
     if value.checked_shr(bits).unwrap_or(0) == 0 {
         Ok(())
@@ -339,11 +373,7 @@ fn validate_checks(
         KvmRegister::Xcr0 => {
             fixed1(name, v, 1)?;
             reserved(name, v, !XCR0_KNOWN)?;
-            inconsistent(
-                name,
-                v & 0b100 != 0 && v & 0b10 == 0,
-                "AVX state without SSE state",
-            )
+            check_xcr0(name, v)
         }
         KvmRegister::Msr(index) => {
             if let (msr::SYSENTER_EIP | msr::SYSENTER_ESP, Some(vendor)) = (index, vendor) {
@@ -397,6 +427,38 @@ mod tests {
             let r = validate(n, HvRegisterValue { low: 0, high: 1 });
             assert!(r.is_err(), "{n:?}");
             assert_eq!(r.unwrap_err().status(), HvError::INVALID_PARAMETER);
+        }
+    }
+
+    #[test]
+    fn xcr0_follows_the_xsetbv_rules() {
+        // Intel SDM vol. 1 13.3: the values XSETBV accepts.
+        for ok in [
+            0b1u64,
+            0b11,
+            0b111,
+            0b1_1111,
+            0b1110_0111,
+            0x2E7,
+            (0b11 << 17) | 0b111,
+        ] {
+            assert!(validate(HvRegisterName::XFEM, ok.into()).is_ok(), "{ok:#x}");
+        }
+        for bad in [
+            0b101u64,          // AVX without SSE
+            0b1011,            // BNDREGS without BNDCSR
+            0b1_0011,          // BNDCSR without BNDREGS
+            0b0010_0111,       // opmask alone
+            0b0110_0111,       // AVX-512 incomplete
+            0b1110_0011,       // AVX-512 without AVX
+            (1 << 17) | 0b111, // XTILECFG alone
+            (1 << 18) | 0b111, // XTILEDATA alone
+        ] {
+            let r = validate(HvRegisterName::XFEM, bad.into());
+            assert!(
+                matches!(r, Err(RegisterFault::Inconsistent { .. })),
+                "{bad:#x}: {r:?}"
+            );
         }
     }
 

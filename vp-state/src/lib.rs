@@ -14,7 +14,7 @@
 //! use hv_defs::{HvError, VpIndex, Vtl};
 //! use vp_state::{Activity, VpState};
 //!
-//! let ap = VpState::new(VpIndex(1), Vtl::VTL0);
+//! let ap = VpState::new(VpIndex(1), Vtl::VTL0).unwrap();
 //! assert!(ap.explicit_suspend() && ap.activity() == Activity::WaitForSipi);
 //! // The parent clears explicit suspend; the AP still waits for a start.
 //! let ap = ap.set_explicit_suspend(false);
@@ -84,17 +84,29 @@ pub struct VpState {
     sipi_vector: Option<u8>,
 }
 
+/// The enabled-set bit of `vtl`; none for a VTL above [`Vtl::MAX_X64`], so that
+/// VTL 16 + n can never alias VTL n.
 const fn vtl_bit(vtl: Vtl) -> u16 {
-    1 << (vtl.0 & 0xF)
+    if vtl.0 <= Vtl::MAX_X64.0 {
+        1 << vtl.0
+    } else {
+        0
+    }
 }
 
 impl VpState {
     /// A VP as HvCreateVp leaves it: explicit suspend set; the boot processor
     /// (index 0) ready and started, at `boot_vtl` with VTL 0 and `boot_vtl` enabled;
     /// any other VP waiting for a SIPI, with only VTL 0 enabled.
-    pub const fn new(index: VpIndex, boot_vtl: Vtl) -> Self {
+    ///
+    /// `HV_STATUS_INVALID_PARAMETER` if `boot_vtl` is above [`Vtl::MAX_X64`] (an
+    /// x64 partition has VTLs 0 to 2, TLFS "Virtual Secure Mode").
+    pub const fn new(index: VpIndex, boot_vtl: Vtl) -> HvResult<Self> {
+        if boot_vtl.0 > Vtl::MAX_X64.0 {
+            return Err(HvError::INVALID_PARAMETER);
+        }
         let bsp = index.0 == VpIndex::BSP.0;
-        VpState {
+        Ok(VpState {
             index,
             boot_vtl,
             explicit_suspend: true,
@@ -113,7 +125,7 @@ impl VpState {
             },
             active_vtl: if bsp { boot_vtl } else { Vtl::VTL0 },
             sipi_vector: None,
-        }
+        })
     }
 
     /// The VP's index.

@@ -93,10 +93,10 @@ fn reference(s: VpState, e: Event) -> HvResult<VpState> {
 fn reachable() -> Vec<VpState> {
     let mut seen = HashSet::new();
     let mut queue: VecDeque<VpState> = [
-        VpState::new(VpIndex(0), Vtl::VTL0),
-        VpState::new(VpIndex(0), Vtl::VTL2),
-        VpState::new(VpIndex(1), Vtl::VTL0),
-        VpState::new(VpIndex(3), Vtl::VTL2),
+        VpState::new(VpIndex(0), Vtl::VTL0).unwrap(),
+        VpState::new(VpIndex(0), Vtl::VTL2).unwrap(),
+        VpState::new(VpIndex(1), Vtl::VTL0).unwrap(),
+        VpState::new(VpIndex(3), Vtl::VTL2).unwrap(),
     ]
     .into_iter()
     .collect();
@@ -146,7 +146,7 @@ fn every_reachable_state_and_event_matches_the_table() {
 
 #[test]
 fn creation_follows_hvcreatevp() {
-    let bsp = VpState::new(VpIndex(0), Vtl::VTL2);
+    let bsp = VpState::new(VpIndex(0), Vtl::VTL2).unwrap();
     assert!(bsp.explicit_suspend() && !bsp.intercept_suspend());
     assert_eq!(bsp.activity(), Activity::Runnable);
     assert_eq!(bsp.active_vtl(), Vtl::VTL2);
@@ -158,7 +158,7 @@ fn creation_follows_hvcreatevp() {
     );
     let bsp = bsp.set_explicit_suspend(false).enter_run().unwrap();
     assert!(bsp.running());
-    let ap = VpState::new(VpIndex(5), Vtl::VTL2);
+    let ap = VpState::new(VpIndex(5), Vtl::VTL2).unwrap();
     assert!(ap.explicit_suspend());
     assert_eq!(ap.activity(), Activity::WaitForSipi);
     assert_eq!(ap.enabled_vtls(), 0b1);
@@ -169,7 +169,9 @@ fn creation_follows_hvcreatevp() {
 fn the_linux_vtl2_sequence() {
     // Partition start clears explicit suspend everywhere; Linux then calls
     // EnableVpVtl(VTL2) and StartVirtualProcessor(VTL2) for each AP.
-    let ap = VpState::new(VpIndex(1), Vtl::VTL2).set_explicit_suspend(false);
+    let ap = VpState::new(VpIndex(1), Vtl::VTL2)
+        .unwrap()
+        .set_explicit_suspend(false);
     let ap = ap.enter_run().unwrap(); // the VP thread waits in KVM for SIPI
     let ap = ap.enable_vtl(Vtl::VTL2).unwrap();
     assert_eq!(ap.enable_vtl(Vtl::VTL2), Err(HvError::VTL_ALREADY_ENABLED));
@@ -187,7 +189,9 @@ fn the_linux_vtl2_sequence() {
 
 #[test]
 fn observing_kvm_tracks_init_sipi_done_in_the_lapic() {
-    let ap = VpState::new(VpIndex(2), Vtl::VTL0).set_explicit_suspend(false);
+    let ap = VpState::new(VpIndex(2), Vtl::VTL0)
+        .unwrap()
+        .set_explicit_suspend(false);
     let ap = ap.enter_run().unwrap().exit_run().unwrap();
     let ap = ap.observe(Activity::Runnable);
     assert!(ap.started());
@@ -196,8 +200,30 @@ fn observing_kvm_tracks_init_sipi_done_in_the_lapic() {
     assert_eq!(ap.activity(), Activity::Halted);
     let ap = ap.observe(Activity::WaitForSipi);
     assert!(!ap.started());
-    let ap = VpState::new(VpIndex(2), Vtl::VTL0).observe(Activity::Halted);
+    let ap = VpState::new(VpIndex(2), Vtl::VTL0)
+        .unwrap()
+        .observe(Activity::Halted);
     assert!(ap.started() && ap.activity() == Activity::Halted);
-    let same = VpState::new(VpIndex(2), Vtl::VTL0);
+    let same = VpState::new(VpIndex(2), Vtl::VTL0).unwrap();
     assert_eq!(same.observe(Activity::WaitForSipi), same);
+}
+
+#[test]
+fn vtls_above_2_do_not_exist_on_x64() {
+    // TLFS "Virtual Secure Mode": an x64 partition has VTLs 0, 1 and 2; a VTL
+    // number is never taken modulo 16.
+    for vtl in [3u8, 15, 16, 18, 255] {
+        assert_eq!(
+            VpState::new(VpIndex(0), Vtl(vtl)),
+            Err(HvError::INVALID_PARAMETER),
+            "boot VTL {vtl}"
+        );
+        let ap = VpState::new(VpIndex(1), Vtl::VTL0).unwrap();
+        assert!(!ap.vtl_enabled(Vtl(vtl)), "VTL {vtl} enabled");
+        assert_eq!(ap.enable_vtl(Vtl(vtl)), Err(HvError::INVALID_PARAMETER));
+        assert_eq!(ap.start(Vtl(vtl)), Err(HvError::INVALID_VP_STATE));
+    }
+    // VTL 16 must not look like VTL 0, nor 18 like the enabled boot VTL 2.
+    let bsp = VpState::new(VpIndex(0), Vtl::VTL2).unwrap();
+    assert!(!bsp.vtl_enabled(Vtl(16)) && !bsp.vtl_enabled(Vtl(18)));
 }
