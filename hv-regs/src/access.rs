@@ -275,8 +275,9 @@ pub fn set_registers<V: VcpuRegisters>(
     Ok(())
 }
 
-/// HvRegisterVsmVpStatus: active VTL (bits 3:0), active MBEC (bit 4), enabled VTL
-/// set (bits 23:8).
+/// HvRegisterVsmVpStatus (TLFS "Virtual Secure Mode", VSM registers): active VTL
+/// (bits 3:0), active MBEC (bit 4), reserved (bits 15:5), enabled VTL set (bits
+/// 31:16), reserved (bits 63:32).
 ///
 /// ```
 /// use hv_regs::VsmVpStatus;
@@ -284,7 +285,7 @@ pub fn set_registers<V: VcpuRegisters>(
 /// let s = VsmVpStatus::new(Vtl::VTL2, 0b101);
 /// assert_eq!(s.active_vtl(), Vtl::VTL2);
 /// assert_eq!(s.enabled_vtl_set(), 0b101);
-/// assert_eq!(s.0, 0x0502);
+/// assert_eq!(s.0, 0x0005_0002);
 /// ```
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct VsmVpStatus(pub u64);
@@ -292,7 +293,7 @@ pub struct VsmVpStatus(pub u64);
 impl VsmVpStatus {
     /// A status with `active` as the active VTL and `enabled` as the enabled set.
     pub const fn new(active: hv_defs::Vtl, enabled: u16) -> Self {
-        VsmVpStatus((active.0 as u64 & 0xF) | ((enabled as u64) << 8))
+        VsmVpStatus((active.0 as u64 & 0xF) | ((enabled as u64) << 16))
     }
     /// Active VTL (bits 3:0).
     pub const fn active_vtl(self) -> hv_defs::Vtl {
@@ -302,8 +303,8 @@ impl VsmVpStatus {
     pub const fn active_mbec_enabled(self) -> bool {
         self.0 & (1 << 4) != 0
     }
-    /// Set of enabled VTLs, bit n for VTL n (bits 23:8).
+    /// Set of enabled VTLs, bit n for VTL n (bits 31:16).
     pub const fn enabled_vtl_set(self) -> u16 {
-        ((self.0 >> 8) & 0xFFFF) as u16
+        ((self.0 >> 16) & 0xFFFF) as u16
     }
 }

@@ -41,12 +41,18 @@ impl Reps {
 
 impl Vp {
     /// Serves the hypercall whose registers KVM synced at the trap, and arranges
-    /// for its result to be in RAX when the guest resumes.
-    pub(crate) fn handle_hypercall(&mut self) {
+    /// for its result to be in RAX (EDX:EAX for a 32-bit caller) when the guest
+    /// resumes.
+    pub(crate) fn handle_hypercall(&mut self, long: bool) {
         let start = Instant::now();
-        let hc = HypercallExit::from_regs(&self.synced_regs());
+        let regs = self.synced_regs();
+        let hc = if long {
+            HypercallExit::from_regs(&regs)
+        } else {
+            HypercallExit::from_regs_x86(&regs)
+        };
         let result = self.dispatch(hc);
-        self.set_result(result.0);
+        self.set_result(result.0, long);
         self.partition()
             .stats
             .hypercall(hc.control.code(), result.status(), start.elapsed());
@@ -82,23 +88,26 @@ impl Vp {
     }
 
     /// Reads `len` bytes of hypercall input at `gpa`: 8-byte aligned, within one
-    /// page, inside guest memory.
+    /// page, inside guest memory. Each failure is HV_STATUS_INVALID_ALIGNMENT, as
+    /// the TLFS common status table gives it (misaligned, spanning pages, outside
+    /// the GPA space).
     fn read_input(&self, gpa: u64, len: usize) -> HvResult<Vec<u8>> {
         check_parameter_block(gpa, len as u64)?;
         let mut buf = vec![0u8; len];
         self.partition()
             .memory()
             .read_slice(&mut buf, GuestAddress(gpa))
-            .map_err(|_| HvError::INVALID_PARAMETER)?;
+            .map_err(|_| HvError::INVALID_ALIGNMENT)?;
         Ok(buf)
     }
 
-    /// Checks an output block of `len` bytes at `gpa` before anything is done.
+    /// Checks an output block of `len` bytes at `gpa` before anything is done,
+    /// with the statuses of [`Vp::read_input`].
     fn check_output(&self, gpa: u64, len: usize) -> HvResult<()> {
         check_parameter_block(gpa, len as u64)?;
         let mem = self.partition().memory();
         if len > 0 && !vm_memory::GuestMemoryBackend::check_range(mem, GuestAddress(gpa), len) {
-            return Err(HvError::INVALID_PARAMETER);
+            return Err(HvError::INVALID_ALIGNMENT);
         }
         Ok(())
     }
@@ -107,7 +116,7 @@ impl Vp {
         self.partition()
             .memory()
             .write_slice(bytes, GuestAddress(gpa))
-            .map_err(|_| HvError::INVALID_PARAMETER)
+            .map_err(|_| HvError::INVALID_ALIGNMENT)
     }
 
     /// The partition id a guest names must be its own.
@@ -283,7 +292,7 @@ impl Vp {
         if i.target_vtl > self.active_vtl() {
             return Err(HvError::ACCESS_DENIED);
         }
-        start_vp(&target, i.target_vtl, &i.vp_context)?;
+        start_vp(self.partition(), &target, i.target_vtl, &i.vp_context)?;
         self.partition().started(target.index, i.target_vtl);
         Ok(())
     }

@@ -40,8 +40,10 @@
 // the build until it is handled.
 #![deny(clippy::wildcard_enum_match_arm)]
 
+pub mod choices;
 mod hypercall;
 pub mod hyperv;
+mod overlay;
 mod partition;
 mod stats;
 mod vp;

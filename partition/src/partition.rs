@@ -17,6 +17,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use vp_state::{Activity, VpState};
 
 use crate::hyperv;
+use crate::overlay::{Overlay, RamSlot};
 use crate::stats::Stats;
 use crate::vp::Vp;
 
@@ -80,6 +81,12 @@ pub enum PartitionError {
     /// Guest memory could not be allocated or is malformed.
     #[error("guest memory: {0}")]
     Memory(String),
+    /// The boot VTL is above the highest VTL of an x64 partition (2).
+    #[error("boot VTL {0} does not exist: an x64 partition has VTLs 0 to 2")]
+    BootVtl(u8),
+    /// The hypercall overlay page could not be allocated.
+    #[error("cannot allocate the hypercall overlay page: {0}")]
+    Overlay(#[source] std::io::Error),
     /// The kick signal handler could not be installed.
     #[error("cannot install the VP kick signal handler: {0}")]
     Signal(#[source] vmm_sys_util::errno::Error),
@@ -103,6 +110,9 @@ pub(crate) struct VpInner {
     pub cancel: bool,
     /// Set while the VP's thread is inside (or about to enter) KVM_RUN.
     pub in_kvm: Option<libc::pthread_t>,
+    /// While non-zero the VP's thread must not enter KVM_RUN (the partition is
+    /// changing its memory slots).
+    pub paused: u32,
     pub initial_apic_id: u32,
     pub vp_assist_page: u64,
 }
@@ -218,7 +228,26 @@ pub struct Partition {
     pub(crate) hv: Mutex<HvPartitionState>,
     pub(crate) stats: Stats,
     start_observer: OnceLock<Observer>,
+    /// The hypercall page's overlay slot; its GPA is mirrored in `overlay_at`
+    /// (`NO_OVERLAY` when unmapped) for the run loop's lock-free check.
+    overlay: Mutex<Overlay>,
+    overlay_at: AtomicU64,
+    /// One past the highest GPA (from the guest's MAXPHYADDR).
+    gpa_limit: u64,
+    /// A vCPU of a VM of its own, with the partition's CPUID, on which a start
+    /// context is loaded first: KVM's own verdict on it, before the target's
+    /// thread is handed the context.
+    trial: Mutex<Option<Trial>>,
 }
+
+/// The scratch VM and vCPU of [`Partition::check_context_loads`].
+#[derive(Debug)]
+struct Trial {
+    _vm: VmFd,
+    vcpu: kvm_ioctls::VcpuFd,
+}
+
+const NO_OVERLAY: u64 = u64::MAX;
 
 struct Observer(StartObserver);
 
@@ -236,6 +265,11 @@ impl Partition {
     /// in-kernel irqchip, and (with `config.hyperv`) synthetic MSR accesses routed
     /// to user space.
     pub fn new(config: PartitionConfig) -> Result<Arc<Partition>, PartitionError> {
+        if let Some(h) = config.hyperv {
+            if h.boot_vtl > Vtl::MAX_X64 {
+                return Err(PartitionError::BootVtl(h.boot_vtl.0));
+            }
+        }
         let kvm = Kvm::new().map_err(PartitionError::OpenKvm)?;
         let max = kvm.get_max_vcpus().min(u32::MAX as usize) as u32;
         if config.max_vps == 0 || config.max_vps > max {
@@ -259,10 +293,17 @@ impl Partition {
         }
         let memory = GuestMemoryMmap::<()>::from_ranges(&ranges)
             .map_err(|e| PartitionError::Memory(e.to_string()))?;
+        let mut ram = Vec::new();
         for (slot, region) in memory.iter().enumerate() {
             let host = memory
                 .get_host_address(region.start_addr())
                 .map_err(|e| PartitionError::Memory(e.to_string()))?;
+            ram.push(RamSlot {
+                slot: slot as u32,
+                gpa: region.start_addr().0,
+                len: region.len(),
+                host: host as u64,
+            });
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
                 flags: 0,
@@ -315,6 +356,13 @@ impl Partition {
         handler_result.map_err(PartitionError::Signal)?;
 
         let vps = (0..config.max_vps).map(|_| Mutex::new(None)).collect();
+        let overlay =
+            Overlay::new(&exit_decoder::HYPERCALL_PAGE, ram).map_err(PartitionError::Overlay)?;
+        let gpa_limit = supported_cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == 0x8000_0008)
+            .map_or(1u64 << 36, |e| 1u64 << (e.eax & 0xFF).clamp(32, 52));
         Ok(Arc::new(Partition {
             kvm,
             vm,
@@ -326,6 +374,10 @@ impl Partition {
             hv: Mutex::new(HvPartitionState::default()),
             stats: Stats::default(),
             start_observer: OnceLock::new(),
+            overlay: Mutex::new(overlay),
+            overlay_at: AtomicU64::new(NO_OVERLAY),
+            gpa_limit,
+            trial: Mutex::new(None),
         }))
     }
 
@@ -381,18 +433,7 @@ impl Partition {
             .vm
             .create_vcpu(index.0 as u64)
             .map_err(|_| HvError::NO_RESOURCES)?;
-        let hv_max = self.config.hyperv.map(|_| self.config.max_vps);
-        let mut cpuid = hyperv::vp_cpuid(&self.supported_cpuid, index.0, hv_max);
-        for e in cpuid.as_mut_slice() {
-            for m in &self.config.cpuid_masks {
-                if e.function == m.function && e.index == m.index {
-                    e.eax &= !m.clear[0];
-                    e.ebx &= !m.clear[1];
-                    e.ecx &= !m.clear[2];
-                    e.edx &= !m.clear[3];
-                }
-            }
-        }
+        let cpuid = self.vp_cpuid(index);
         vcpu.set_cpuid2(&cpuid)
             .map_err(|_| HvError::OPERATION_FAILED)?;
         let vendor = cpuid
@@ -406,10 +447,12 @@ impl Partition {
             index,
             vendor,
             inner: Mutex::new(VpInner {
-                state: VpState::new(index, self.boot_vtl()),
+                // Partition::new refused a boot VTL above 2.
+                state: VpState::new(index, self.boot_vtl())?,
                 pending_start: None,
                 cancel: false,
                 in_kvm: None,
+                paused: 0,
                 initial_apic_id: index.0,
                 vp_assist_page: 0,
             }),
@@ -417,6 +460,105 @@ impl Partition {
         });
         *slot = Some(shared.clone());
         Vp::new(self.clone(), shared, vcpu)
+    }
+
+    /// The CPUID of VP `index`: KVM's supported set with the VP's APIC id, the
+    /// Hyper-V leaves if configured, and the configured masks applied.
+    fn vp_cpuid(&self, index: VpIndex) -> CpuId {
+        let hv_max = self.config.hyperv.map(|_| self.config.max_vps);
+        let mut cpuid = hyperv::vp_cpuid(&self.supported_cpuid, index.0, hv_max);
+        for e in cpuid.as_mut_slice() {
+            for m in &self.config.cpuid_masks {
+                if e.function == m.function && e.index == m.index {
+                    e.eax &= !m.clear[0];
+                    e.ebx &= !m.clear[1];
+                    e.ecx &= !m.clear[2];
+                    e.edx &= !m.clear[3];
+                }
+            }
+        }
+        cpuid
+    }
+
+    /// One past the highest guest-physical address (the guest's MAXPHYADDR).
+    pub fn gpa_limit(&self) -> u64 {
+        self.gpa_limit
+    }
+
+    /// The GPA of the hypercall overlay page while the guest has it enabled.
+    pub fn hypercall_overlay(&self) -> Option<u64> {
+        match self.overlay_at.load(Ordering::Acquire) {
+            NO_OVERLAY => None,
+            gpa => Some(gpa),
+        }
+    }
+
+    /// Maps the hypercall overlay page at `to` or unmaps it, with every VP held
+    /// out of KVM_RUN while the memory slots change.
+    pub(crate) fn place_hypercall_overlay(&self, to: Option<u64>) -> Result<(), kvm_ioctls::Error> {
+        let mut overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+        if overlay.at() == to {
+            return Ok(());
+        }
+        let vps: Vec<Arc<VpShared>> = (0..self.config.max_vps)
+            .filter_map(|i| self.vp_shared(VpIndex(i)))
+            .collect();
+        for vp in &vps {
+            vp.lock().paused += 1;
+        }
+        for vp in &vps {
+            vp.kick(|g| g.paused > 0);
+        }
+        let r = overlay.place(&self.vm, to);
+        self.overlay_at
+            .store(overlay.at().unwrap_or(NO_OVERLAY), Ordering::Release);
+        for vp in &vps {
+            vp.lock().paused -= 1;
+            vp.wake.notify_all();
+        }
+        r
+    }
+
+    /// Loads `context` on a vCPU of a scratch VM with the partition's CPUID: what
+    /// KVM refuses there (a CR4 bit the CPUID does not offer, CR3 above
+    /// MAXPHYADDR, ...) the target could not load either. Refusals are
+    /// `HV_STATUS_INVALID_REGISTER_VALUE`; a scratch VM the host cannot provide
+    /// is `HV_STATUS_INSUFFICIENT_MEMORY`.
+    fn check_context_loads(&self, context: &InitialVpContext) -> HvResult<()> {
+        let mut trial = self.trial.lock().unwrap_or_else(|e| e.into_inner());
+        if trial.is_none() {
+            let vm = self
+                .kvm
+                .create_vm()
+                .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
+            let vcpu = vm
+                .create_vcpu(0)
+                .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
+            vcpu.set_cpuid2(&self.vp_cpuid(VpIndex(0)))
+                .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
+            *trial = Some(Trial { _vm: vm, vcpu });
+        }
+        let Some(t) = trial.as_ref() else {
+            return Err(HvError::INSUFFICIENT_MEMORY);
+        };
+        let base = t
+            .vcpu
+            .get_sregs()
+            .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
+        let k = hv_regs::context_to_kvm(context, &base).map_err(hv_regs::context_status)?;
+        let refused = |_| HvError::INVALID_REGISTER_VALUE;
+        t.vcpu.set_sregs(&k.sregs).map_err(refused)?;
+        t.vcpu.set_regs(&k.regs).map_err(refused)?;
+        let pat = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+            index: hv_regs::msr::PAT,
+            data: k.pat,
+            ..Default::default()
+        }])
+        .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
+        match t.vcpu.set_msrs(&pat) {
+            Ok(1) => Ok(()),
+            _ => Err(HvError::INVALID_REGISTER_VALUE),
+        }
     }
 
     pub(crate) fn vp_shared(&self, index: VpIndex) -> Option<Arc<VpShared>> {
@@ -442,7 +584,7 @@ impl Partition {
         context: &InitialVpContext,
     ) -> HvResult<()> {
         let vp = self.vp_shared(index).ok_or(HvError::INVALID_VP_INDEX)?;
-        start_vp(&vp, vtl, context)?;
+        start_vp(self, &vp, vtl, context)?;
         self.started(index, vtl);
         Ok(())
     }
@@ -511,12 +653,19 @@ impl Partition {
 }
 
 /// The checks and hand-over of StartVirtualProcessor once the target is known.
-pub(crate) fn start_vp(vp: &VpShared, vtl: Vtl, context: &InitialVpContext) -> HvResult<()> {
+pub(crate) fn start_vp(
+    partition: &Partition,
+    vp: &VpShared,
+    vtl: Vtl,
+    context: &InitialVpContext,
+) -> HvResult<()> {
     {
         let mut g = vp.lock();
         let started = g.state.start(vtl)?;
-        // Validate the context on the caller's thread; the target loads it.
-        hv_regs::context_to_kvm(context, &Default::default()).map_err(hv_regs::context_status)?;
+        // Validate the context on the caller's thread, and let KVM judge it on a
+        // scratch vCPU: a context the target could not load is refused here,
+        // with the target left unstarted.
+        partition.check_context_loads(context)?;
         g.state = started;
         g.pending_start = Some(*context);
     }

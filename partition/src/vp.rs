@@ -1,16 +1,16 @@
 //! A virtual processor, owned and run by one thread.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Instant;
 
-use exit_decoder::{decode, enable_sync_regs, MsrAccess, VpExit, HYPERCALL_PAGE, HYPERCALL_PORT};
+use exit_decoder::{decode, enable_sync_regs, Access, MsrAccess, VpExit, HYPERCALL_PORT};
 use hv_defs::{HvError, HvRegisterValue, HvResult, InitialVpContext, VpIndex};
 use hv_regs::{AccessError, HvRegisterName, Synthetic, VcpuRegisters};
 use kvm_bindings::{
     kvm_debugregs, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_xcrs, Msrs,
 };
 use kvm_ioctls::{SyncReg, VcpuFd};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vp_state::Activity;
 
 use crate::hyperv;
@@ -20,6 +20,30 @@ use crate::partition::{Partition, VpShared};
 const MSR_MTRR_DEF_TYPE: u32 = 0x2FF;
 const EINVAL: i32 = 22;
 const EBUSY: i32 = 16;
+const CR0_PE: u64 = 1;
+const CR0_PG: u64 = 1 << 31;
+const EFER_LMA: u64 = 1 << 10;
+const RFLAGS_VM: u64 = 1 << 17;
+/// #UD and #GP.
+const VECTOR_UD: u8 = 6;
+const VECTOR_GP: u8 = 13;
+/// HV_X64_MSR_HYPERCALL: enable (bit 0), locked (bit 1), RsvdP (bits 11:2).
+const HYPERCALL_ENABLE: u64 = 1;
+const HYPERCALL_LOCKED: u64 = 1 << 1;
+
+/// What a 4-byte OUT to the trap port is, by where and how it was executed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Trap {
+    /// A hypercall through the enabled hypercall page from CPL 0 in protected
+    /// mode; `long` for a 64-bit caller (EFER.LMA and CS.L), whose ABI is RCX,
+    /// RDX, R8 and RAX rather than EDX:EAX, EBX:ECX, EDI:ESI and EDX:EAX.
+    Serve { long: bool },
+    /// The hypercall page executed in real mode, virtual-8086 mode or at CPL > 0:
+    /// #UD (TLFS "Legal Hypercall Environments").
+    Undefined,
+    /// Not the hypercall page: a plain port write, for the VMM.
+    PortIo,
+}
 
 /// Whether RAX written through the synced registers is still to be loaded.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -40,12 +64,18 @@ pub struct Vp {
     vcpu: VcpuFd,
     sync: SyncDirty,
     tsc_hz: u64,
+    /// Set when the VP's own GPRs were written with KVM_SET_REGS while a hypercall
+    /// was served, so the exit-time copy in `kvm_run` is stale.
+    wrote_regs: Cell<bool>,
+    /// The bytes of a trap-port write handed to the VMM as plain port I/O.
+    port_write: [u8; 4],
 }
 
 /// [`VcpuRegisters`] over a vCPU and its VP model.
 pub(crate) struct RegAccess<'a> {
     pub vcpu: &'a VcpuFd,
     pub shared: &'a VpShared,
+    pub wrote_regs: &'a Cell<bool>,
 }
 
 fn kvm<T>(r: Result<T, kvm_ioctls::Error>) -> Result<T, HvError> {
@@ -58,6 +88,7 @@ impl VcpuRegisters for RegAccess<'_> {
         kvm(self.vcpu.get_regs())
     }
     fn set_regs(&self, regs: &kvm_regs) -> HvResult<()> {
+        self.wrote_regs.set(true);
         kvm(self.vcpu.set_regs(regs))
     }
     fn get_sregs(&self) -> HvResult<kvm_sregs> {
@@ -151,10 +182,14 @@ impl Vp {
         mut vcpu: VcpuFd,
     ) -> HvResult<Vp> {
         enable_sync_regs(&mut vcpu);
+        // The hypercall trap checks the caller's mode and CPL without an ioctl.
+        vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
         // KVM resets the MTRRs to uncached; make memory write-back as firmware would.
+        let wrote_regs = Cell::new(false);
         let access = RegAccess {
             vcpu: &vcpu,
             shared: &shared,
+            wrote_regs: &wrote_regs,
         };
         access.set_msr(MSR_MTRR_DEF_TYPE, 0x806)?;
         let tsc_hz = vcpu.get_tsc_khz().map_or(0, |khz| khz as u64 * 1000);
@@ -164,6 +199,8 @@ impl Vp {
             vcpu,
             sync: SyncDirty::Clean,
             tsc_hz,
+            wrote_regs,
+            port_write: [0; 4],
         })
     }
 
@@ -205,6 +242,7 @@ impl Vp {
         RegAccess {
             vcpu: &self.vcpu,
             shared: &self.shared,
+            wrote_regs: &self.wrote_regs,
         }
     }
 
@@ -249,10 +287,46 @@ impl Vp {
             self.after_run();
             self.partition.stats.exit(exit_name(&exit), elapsed);
             let hyperv = self.partition.config.hyperv.is_some();
-            if hyperv && exit.is_hypercall_trap(HYPERCALL_PORT) {
+            // Any write to the trap port: the hypercall page's own is 4 bytes in
+            // 32- and 64-bit code, 2 bytes when it is executed in real mode.
+            let mut trap_write = None;
+            if let VpExit::IoPortAccess {
+                port: HYPERCALL_PORT,
+                access: Access::Write(d),
+            } = &exit
+            {
+                let n = d.len().min(4);
+                let mut b = [0u8; 4];
+                b[..n].copy_from_slice(&d[..n]);
+                trap_write = hyperv.then_some((b, n));
+            }
+            if let Some((bytes, len)) = trap_write {
                 // `exit` is not used past this point (see the SAFETY note above).
-                self.handle_hypercall();
+                match self.trap() {
+                    Trap::Serve { long } => self.handle_hypercall(long),
+                    Trap::Undefined => self.inject_exception(VECTOR_UD, None),
+                    Trap::PortIo => {
+                        self.port_write = bytes;
+                        return VpExit::IoPortAccess {
+                            port: HYPERCALL_PORT,
+                            access: Access::Write(&self.port_write[..len]),
+                        };
+                    }
+                }
                 continue;
+            }
+            if let VpExit::MemoryAccess {
+                gpa,
+                access: Access::Write(_),
+            } = exit
+            {
+                if self.partition.hypercall_overlay() == Some(gpa & !0xFFF) {
+                    // TLFS: a write to the hypercall page raises #GP. KVM has
+                    // retired the write when it reports it, so the #GP is taken
+                    // after the writing instruction.
+                    self.inject_exception(VECTOR_GP, Some(0));
+                    continue;
+                }
             }
             match exit {
                 VpExit::MsrAccess(ref mut m) if hyperv && hyperv::is_synthetic(m.index) => {
@@ -311,7 +385,7 @@ impl Vp {
                     }
                 }
             }
-            if g.state.suspended() {
+            if g.state.suspended() || g.paused > 0 {
                 drop(self.shared.wake.wait(g).unwrap_or_else(|e| e.into_inner()));
                 continue;
             }
@@ -346,14 +420,86 @@ impl Vp {
         }))
     }
 
-    /// Writes the hypercall result into RAX through the synced registers.
-    pub(crate) fn set_result(&mut self, rax: u64) {
-        exit_decoder::set_rax_on_next_run(&mut self.vcpu, rax);
+    /// Writes the hypercall result value into RAX (a 64-bit caller) or EDX:EAX (a
+    /// 32-bit caller) through the synced registers, which KVM loads on the next
+    /// entry. If the call wrote the caller's own GPRs with KVM_SET_REGS
+    /// (HvCallSetVpRegisters), the exit-time copy is stale and the registers are
+    /// read back first, so those writes are kept.
+    pub(crate) fn set_result(&mut self, result: u64, long: bool) {
+        let mut regs = self.synced_regs();
+        if self.wrote_regs.replace(false) {
+            if let Ok(r) = self.vcpu.get_regs() {
+                regs = r;
+            }
+        }
+        if long {
+            regs.rax = result;
+        } else {
+            regs.rax = result & 0xFFFF_FFFF;
+            regs.rdx = result >> 32;
+        }
+        self.vcpu.sync_regs_mut().regs = regs;
+        self.vcpu.set_sync_dirty_reg(SyncReg::Register);
         self.sync = SyncDirty::Armed;
     }
 
     pub(crate) fn synced_regs(&self) -> kvm_regs {
         exit_decoder::sync_regs(&self.vcpu)
+    }
+
+    /// Classifies a write to the trap port from the registers KVM synced at the
+    /// exit: served only when it is the first instruction of the enabled
+    /// hypercall page (so the guest OS id is set: clearing it disables the page)
+    /// executed at CPL 0 in protected mode.
+    fn trap(&self) -> Trap {
+        let Some(page) = self.partition.hypercall_overlay() else {
+            return Trap::PortIo;
+        };
+        let sync = self.vcpu.sync_regs();
+        let (regs, sregs) = (sync.regs, sync.sregs);
+        let long = sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0;
+        let linear = if long {
+            regs.rip
+        } else {
+            sregs.cs.base.wrapping_add(regs.rip) & 0xFFFF_FFFF
+        };
+        let gpa = if sregs.cr0 & CR0_PG != 0 {
+            match self.vcpu.translate_gva(linear) {
+                Ok(t) if t.valid != 0 => t.physical_address,
+                _ => return Trap::PortIo,
+            }
+        } else {
+            linear
+        };
+        // KVM reports the OUT's own RIP, or (PVM) the RIP after it: offset 0 or 2
+        // of the page, whose only port instruction is the 2-byte OUT at 0.
+        if gpa != page && gpa != page + 2 {
+            return Trap::PortIo;
+        }
+        let protected = sregs.cr0 & CR0_PE != 0 && regs.rflags & RFLAGS_VM == 0;
+        if !protected || sregs.ss.dpl != 0 {
+            return Trap::Undefined;
+        }
+        Trap::Serve { long }
+    }
+
+    /// Injects exception `vector` (with `error_code` if it has one) into the
+    /// guest on the next entry. A host refusal is logged; the guest then resumes
+    /// without it.
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        let r = self.vcpu.get_vcpu_events().and_then(|mut ev| {
+            ev.exception.injected = 1;
+            ev.exception.nr = vector;
+            ev.exception.has_error_code = error_code.is_some() as u8;
+            ev.exception.error_code = error_code.unwrap_or(0);
+            self.vcpu.set_vcpu_events(&ev)
+        });
+        if let Err(e) = r {
+            log::error!(
+                "VP {}: cannot inject exception {vector}: {e}",
+                self.index().0
+            );
+        }
     }
 
     /// Serves a synthetic MSR access. Must not touch `self.vcpu` (see `run`).
@@ -363,9 +509,13 @@ impl Vp {
             (hyperv::MSR_GUEST_OS_ID, Some(v)) => {
                 let mut hv = self.hv();
                 hv.guest_os_id = v;
-                if v == 0 {
+                if v == 0 && hv.hypercall & HYPERCALL_ENABLE != 0 {
                     // Clearing the guest OS id disables the hypercall page.
-                    hv.hypercall &= !1;
+                    if self.partition.place_hypercall_overlay(None).is_err() {
+                        *m.error = 1;
+                        return;
+                    }
+                    hv.hypercall &= !HYPERCALL_ENABLE;
                 }
                 None
             }
@@ -404,30 +554,32 @@ impl Vp {
         self.partition.hv.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// HV_X64_MSR_HYPERCALL: bit 0 enables the page at bits 63:12; bit 1 (locked)
-    /// and bits 11:2 are reserved here. The page is written before the guest
-    /// resumes. `Err` means #GP.
+    /// HV_X64_MSR_HYPERCALL (TLFS "Establishing the Hypercall Interface"): bit 0
+    /// enables the page at the GPFN in bits 63:12, bit 1 locks the MSR, bits 11:2
+    /// are RsvdP (kept as written). The page is an overlay mapped read-only over
+    /// whatever is at that GPA, RAM or nothing. `Err` means #GP: a GPFN beyond
+    /// the GPA space, a write that changes a locked MSR (see [`crate::choices`]),
+    /// or a host failure to map the page.
     fn write_hypercall_msr(&self, v: u64) -> Result<(), ()> {
-        if v & 0xFFE != 0 {
+        let mut hv = self.hv();
+        if hv.hypercall & HYPERCALL_LOCKED != 0 {
+            return if v == hv.hypercall { Ok(()) } else { Err(()) };
+        }
+        let gpa = v & !0xFFF;
+        if gpa >= self.partition.gpa_limit() {
             return Err(());
         }
-        let mut hv = self.hv();
-        if v & 1 != 0 && hv.guest_os_id == 0 {
-            // The TLFS ignores the enable bit until the guest OS id is set.
-            hv.hypercall = v & !1;
-            return Ok(());
+        let mut value = v;
+        if hv.guest_os_id == 0 {
+            // Without a guest OS id the enable bit stays zero.
+            value &= !HYPERCALL_ENABLE;
         }
-        if v & 1 != 0 {
-            let gpa = GuestAddress(v & !0xFFF);
-            let mem = &self.partition.memory;
-            if !mem.check_range(gpa, 4096) {
-                return Err(());
-            }
-            let mut page = [0xCCu8; 4096];
-            page[..HYPERCALL_PAGE.len()].copy_from_slice(&HYPERCALL_PAGE);
-            mem.write_slice(&page, gpa).map_err(|_| ())?;
+        let place = (value & HYPERCALL_ENABLE != 0).then_some(gpa);
+        if let Err(e) = self.partition.place_hypercall_overlay(place) {
+            log::error!("cannot map the hypercall page at {gpa:#x}: {e}");
+            return Err(());
         }
-        hv.hypercall = v;
+        hv.hypercall = value;
         Ok(())
     }
 

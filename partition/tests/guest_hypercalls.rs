@@ -107,6 +107,8 @@ fn vp0_starts_the_aps_the_way_linux_vtl2_does() {
     getvtl.extend([0u8; 4]);
     getvtl.extend(0x000D_0003u32.to_le_bytes());
     put(&p, DATA, &getvtl);
+    // The RAM the hypercall page will cover.
+    put(&p, HYPERCALL_PAGE, &[0x77; 4096]);
     let mut code = enable_hypercalls()
         .hypercall(rep(0x50, 1), DATA, DATA, 0x20)
         .load_eax(DATA)
@@ -131,7 +133,9 @@ fn vp0_starts_the_aps_the_way_linux_vtl2_does() {
     let code = code.out(DONE as u8).spin().0;
     let reports = run_guest(&p, 4, &code);
 
-    let mut want = vec![(0x20, 0), (0x21, 1), (0x22, 0x0502)];
+    // HvRegisterVsmVpStatus (TLFS VSM registers): ActiveVtl 2 in bits 3:0,
+    // EnabledVtlSet {0, 2} in bits 31:16.
+    let mut want = vec![(0x20, 0), (0x21, 1), (0x22, 0x0005_0002)];
     for i in 1..4 {
         want.extend([
             (0x24, 0),
@@ -153,12 +157,14 @@ fn vp0_starts_the_aps_the_way_linux_vtl2_does() {
         let s = p.vp_state(vp(i)).unwrap();
         assert_eq!(s.active_vtl(), Vtl::VTL2);
     }
-    // The page the VMM wrote when the guest enabled it.
-    let mut page = [0u8; 4];
+    // The hypercall page is an overlay (TLFS "Establishing the Hypercall
+    // Interface"): the RAM beneath it is not written.
+    let mut page = [0u8; 4096];
     p.memory()
         .read_slice(&mut page, GuestAddress(HYPERCALL_PAGE))
         .unwrap();
-    assert_eq!(page, [0xE7, 0xE0, 0xC3, 0xCC]);
+    assert!(page.iter().all(|&b| b == 0x77));
+    assert_eq!(p.hypercall_overlay(), Some(HYPERCALL_PAGE));
     let stats = p.stats();
     assert_eq!(
         stats.hypercall_count(HypercallCode::START_VIRTUAL_PROCESSOR),
@@ -366,16 +372,18 @@ fn hostile_hypercalls_get_their_status_and_the_partition_keeps_running() {
             0,
         ),
         ("misaligned input", 0x99, base + 4, 0, 0x04, 0),
+        // TLFS Hypercall Interface, "Common Hypercall Status Codes": a list that
+        // spans pages or a GPA outside the GPA space is HV_STATUS_INVALID_ALIGNMENT.
         (
             "input crosses a page",
             0x99,
             base + 0x1000 - 232,
             0,
-            0x05,
+            0x04,
             0,
         ),
-        ("input outside guest RAM", 0x99, outside, 0, 0x05, 0),
-        ("output outside guest RAM", 0x46, 0, RAM, 0x05, 0),
+        ("input outside guest RAM", 0x99, outside, 0, 0x04, 0),
+        ("output outside guest RAM", 0x46, 0, RAM, 0x04, 0),
         (
             "misaligned output",
             rep(0x50, 1),

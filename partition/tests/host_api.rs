@@ -186,7 +186,8 @@ fn registers_by_name_round_trip_and_refusals_are_hv_status() {
     assert_eq!(got[3].low, PML4);
     assert_eq!(got[4].low, 0);
     assert_eq!(got[5].low & 0xF, 2, "VTL2 partition: the BSP runs at VTL 2");
-    assert_eq!(got[5].low >> 8 & 0b101, 0b101, "VTL 0 and 2 enabled");
+    // TLFS HvRegisterVsmVpStatus: EnabledVtlSet in bits 31:16.
+    assert_eq!(got[5].low >> 16 & 0xFFFF, 0b101, "VTL 0 and 2 enabled");
     // Refused: read-only, unknown, reserved bits; nothing of the batch is written.
     assert_eq!(
         v0.set_registers(&[(N::VP_INDEX, 1u64.into())]),
