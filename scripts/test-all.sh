@@ -2,7 +2,8 @@
 # The whole test suite, exactly as CI runs it: set-up, format, lints, the test
 # guests (two Linux 6.12 kernels and their initramfs, built once and cached), the
 # tests on the host's /dev/kvm under coverage (guest boots included), doc tests,
-# docs, the per-crate coverage gate, and then every test executable again in the
+# docs, the per-crate coverage gate, the fuzz targets for a bounded time, and
+# then every test executable again in the
 # nested real-KVM tier (KVM-SVM in an L1 Linux under QEMU TCG, scripts/nested.py)
 # with boots of Debian's stock cloud kernel to user space.
 set -euo pipefail
@@ -43,6 +44,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 step "coverage gate (coverage_config.json)"
 python3 scripts/coverage_gate.py target/coverage.json coverage_config.json
+
+step "fuzz (scripts/fuzz.sh: every cargo-fuzz target, 45 s each from its seeds)"
+scripts/fuzz.sh 45
 
 step "nested real-KVM tier (scripts/nested.py suite: KVM-SVM in an L1 under QEMU TCG)"
 python3 scripts/nested.py suite

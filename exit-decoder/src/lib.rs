@@ -421,3 +421,72 @@ pub fn set_rax_on_next_run(vcpu: &mut VcpuFd, rax: u64) {
     vcpu.sync_regs_mut().regs.rax = rax;
     vcpu.set_sync_dirty_reg(kvm_ioctls::SyncReg::Register);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hv_defs::WhvRunVpExitReason as R;
+
+    #[test]
+    fn every_exit_has_its_whv_reason() {
+        // shared/seeds 004: WHV_RUN_VP_EXIT_REASON.
+        let (mut rd, mut m, mut e) = ([0u8; 4], 0u64, 0u8);
+        let cases: Vec<(VpExit<'_>, Option<R>)> = vec![
+            (
+                VpExit::MemoryAccess {
+                    gpa: 0,
+                    access: Access::Read(&mut rd),
+                },
+                Some(R::MEMORY_ACCESS),
+            ),
+            (
+                VpExit::MemoryFault {
+                    gpa: 0,
+                    size: 4096,
+                    flags: 0,
+                },
+                Some(R::MEMORY_ACCESS),
+            ),
+            (
+                VpExit::IoPortAccess {
+                    port: 0x3F8,
+                    access: Access::Write(&[1]),
+                },
+                Some(R::X64_IO_PORT_ACCESS),
+            ),
+            (
+                VpExit::MsrAccess(MsrAccess {
+                    index: 0x10,
+                    reason: MsrExitReason::Unknown,
+                    written: None,
+                    read: Some(&mut m),
+                    error: &mut e,
+                }),
+                Some(R::X64_MSR_ACCESS),
+            ),
+            (VpExit::Halt, Some(R::X64_HALT)),
+            (VpExit::InterruptWindow, Some(R::X64_INTERRUPT_WINDOW)),
+            (VpExit::ApicEoi { vector: 0x30 }, Some(R::X64_APIC_EOI)),
+            (
+                VpExit::UnrecoverableException,
+                Some(R::UNRECOVERABLE_EXCEPTION),
+            ),
+            (
+                VpExit::InvalidVpRegisterValue {
+                    hardware_reason: 0,
+                    cpu: 0,
+                },
+                Some(R::INVALID_VP_REGISTER_VALUE),
+            ),
+            (VpExit::Canceled, Some(R::CANCELED)),
+            (VpExit::Exception, Some(R::EXCEPTION)),
+            (VpExit::SystemEvent { kind: 1, data: &[] }, None),
+            (VpExit::InternalError, None),
+            (VpExit::Other { reason: 0 }, None),
+            (VpExit::RunFailed { errno: 22 }, None),
+        ];
+        for (exit, want) in &cases {
+            assert_eq!(exit.whv_exit_reason(), *want, "{exit:?}");
+        }
+    }
+}

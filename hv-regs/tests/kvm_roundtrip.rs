@@ -253,6 +253,10 @@ fn refused_values_leave_the_vcpu_untouched() {
     let (_kvm, _vm, vcpu) = long_mode_vcpu();
     let before = snapshot(&vcpu);
     let refused: Vec<(HvRegisterName, HvRegisterValue)> = vec![
+        // XCR0 values XSETBV refuses (Intel SDM vol. 1 13.3): caught before KVM.
+        (N::XFEM, 0b0010_0111u64.into()),
+        (N::XFEM, 0b1011u64.into()),
+        (N::XFEM, ((1u64 << 17) | 0b111).into()),
         (N::RAX, HvRegisterValue { low: 1, high: 1 }),
         (N::RIP, 0x0000_8000_0000_0000u64.into()),
         (N::RFLAGS, 0u64.into()),
@@ -290,6 +294,13 @@ fn refused_values_leave_the_vcpu_untouched() {
         }
     }
     assert_eq!(snapshot(&vcpu), before, "a refused write changed the vCPU");
+    // A batch whose XCR0 KVM would refuse is refused whole, before RAX is written.
+    let batch = [(N::RAX, 5u64.into()), (N::XFEM, 0b0110_0111u64.into())];
+    match set_registers(&vcpu, &batch) {
+        Err((1, AccessError::Fault(RegisterFault::Inconsistent { .. }))) => {}
+        other => panic!("expected the XCR0 fault at position 1, got {other:?}"),
+    }
+    assert_eq!(snapshot(&vcpu), before, "a refused batch changed the vCPU");
 }
 
 #[test]

@@ -12,7 +12,9 @@
 //! user space: CPUID leaves 0x40000000-0x40000005, the synthetic MSRs (guest OS id,
 //! hypercall page, VP index, TSC and APIC frequencies, VP assist page, TSC
 //! invariant control), and a hypercall page whose `out %eax, $0xE0; ret` traps to
-//! the VMM with the TLFS register ABI intact. Served hypercalls:
+//! the VMM with the TLFS register ABI intact. The page is a GPA overlay (a
+//! read-only memslot over whatever the guest places it on), and its trap is a
+//! hypercall only from the page itself at CPL 0 in protected mode. Served hypercalls:
 //! HvCallGetVpRegisters, HvCallSetVpRegisters, HvCallEnableVpVtl,
 //! HvCallStartVirtualProcessor, HvCallGetVpIndexFromApicId, HvCallGetPartitionId and
 //! HvCallNotifyLongSpinWait; anything else is `HV_STATUS_INVALID_HYPERCALL_CODE`.
