@@ -14,3 +14,4 @@
 //! | a write to the hypercall page | #GP, taken after the writing instruction | KVM reports the write to the read-only overlay slot once the instruction has retired |
 //! | a hypercall input or output block inside the hypercall overlay page | the RAM beneath is read or written | the TLFS calls this undefined |
 //! | an input or output GPA outside guest RAM but inside the GPA space | `HV_STATUS_INVALID_ALIGNMENT` | the common status table's "not within the bounds of the GPA space"; the partition's GPA space for parameters is its RAM |
+//! | a guest that remaps the hypercall page's linear address to other code without changing CR0, CR3, CR4 or EFER | a port write to the trap port from offset 0 or 2 of that linear page is still taken for the hypercall page | the translation is cached per VP for the paging state, so a hypercall costs no KVM_TRANSLATE; only CPL 0 code can remap pages, and CPL 0 code may make hypercalls anyway |

@@ -69,6 +69,17 @@ pub struct Vp {
     wrote_regs: Cell<bool>,
     /// The bytes of a trap-port write handed to the VMM as plain port I/O.
     port_write: [u8; 4],
+    /// The last translation of the hypercall page's linear address, so that a
+    /// hypercall costs no KVM_TRANSLATE while the paging state is the same.
+    page_translation: Cell<Option<PageTranslation>>,
+}
+
+/// A linear page and the GPA page it mapped to under one paging state.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct PageTranslation {
+    paging: [u64; 4],
+    linear_page: u64,
+    gpa_page: u64,
 }
 
 /// [`VcpuRegisters`] over a vCPU and its VP model.
@@ -201,6 +212,7 @@ impl Vp {
             tsc_hz,
             wrote_regs,
             port_write: [0; 4],
+            page_translation: Cell::new(None),
         })
     }
 
@@ -464,9 +476,23 @@ impl Vp {
             sregs.cs.base.wrapping_add(regs.rip) & 0xFFFF_FFFF
         };
         let gpa = if sregs.cr0 & CR0_PG != 0 {
-            match self.vcpu.translate_gva(linear) {
-                Ok(t) if t.valid != 0 => t.physical_address,
-                _ => return Trap::PortIo,
+            let paging = [sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer];
+            let linear_page = linear & !0xFFF;
+            match self.page_translation.get() {
+                Some(t) if t.paging == paging && t.linear_page == linear_page => {
+                    t.gpa_page | (linear & 0xFFF)
+                }
+                _ => match self.vcpu.translate_gva(linear) {
+                    Ok(t) if t.valid != 0 => {
+                        self.page_translation.set(Some(PageTranslation {
+                            paging,
+                            linear_page,
+                            gpa_page: t.physical_address & !0xFFF,
+                        }));
+                        t.physical_address
+                    }
+                    _ => return Trap::PortIo,
+                },
             }
         } else {
             linear
