@@ -15,6 +15,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use linux_loader::loader::{load_cmdline, BzImage, Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::image;
 use crate::layout::*;
 use crate::VmmError;
 
@@ -22,52 +23,80 @@ use crate::VmmError;
 pub struct Loaded {
     /// The 64-bit entry point.
     pub entry: u64,
-    /// The first byte after the kernel image.
-    pub kernel_end: u64,
 }
 
-/// Which image format a kernel file has.
-#[derive(Debug, PartialEq, Eq)]
-pub enum KernelFormat {
+/// A kernel file, opened and validated ([`crate::image`]) before anything is loaded.
+pub struct Kernel {
+    file: File,
+    /// What its headers say.
+    pub image: KernelImage,
+}
+
+/// The validated headers of a kernel.
+#[derive(Debug)]
+pub enum KernelImage {
     /// An ELF vmlinux (including a PVH ELF).
-    Elf,
+    Elf(image::ElfImage),
     /// A bzImage.
-    BzImage,
+    BzImage(image::BzImage),
 }
 
-/// Identifies a kernel image by its magic numbers.
-pub fn kernel_format(path: &Path) -> Result<KernelFormat, VmmError> {
-    let mut f = File::open(path).map_err(|e| VmmError::Kernel(path.into(), e.to_string()))?;
-    let mut head = [0u8; 0x210];
-    let n =
-        read_up_to(&mut f, &mut head).map_err(|e| VmmError::Kernel(path.into(), e.to_string()))?;
-    if n >= 4 && &head[..4] == b"\x7fELF" {
-        Ok(KernelFormat::Elf)
-    } else if n >= 0x206 && &head[0x202..0x206] == b"HdrS" {
-        Ok(KernelFormat::BzImage)
-    } else {
-        Err(VmmError::Kernel(
-            path.into(),
-            "not a Linux kernel (neither an ELF vmlinux nor a bzImage)".into(),
-        ))
-    }
-}
-
-fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
+impl Kernel {
+    /// The longest command line the kernel takes (without its NUL).
+    pub fn cmdline_max(&self) -> usize {
+        match &self.image {
+            KernelImage::Elf(_) => CMDLINE_MAX - 1,
+            KernelImage::BzImage(b) => b.cmdline_max.min(CMDLINE_MAX - 1),
         }
     }
-    Ok(n)
+
+    /// The first byte above the memory the kernel occupies once running.
+    pub fn needs_up_to(&self) -> u64 {
+        match &self.image {
+            KernelImage::Elf(e) => e.end,
+            KernelImage::BzImage(b) => b.needs_up_to,
+        }
+    }
+
+    /// The highest byte the initramfs may occupy.
+    pub fn initrd_addr_max(&self) -> u64 {
+        match &self.image {
+            KernelImage::Elf(_) => 0x7FFF_FFFF,
+            KernelImage::BzImage(b) => b.initrd_addr_max,
+        }
+    }
 }
 
-/// Loads the kernel; returns the entry point and, for a bzImage, its setup header.
+/// Opens and validates the kernel at `path` for a guest whose RAM below 4 GiB
+/// ends at `ram_top`: a regular file, an ELF vmlinux or a bzImage whose headers
+/// pass [`image::check_elf`] or [`image::check_bzimage`].
+pub fn open_kernel(path: &Path, ram_top: u64) -> Result<Kernel, VmmError> {
+    let err = |e: String| VmmError::Kernel(path.into(), e);
+    let (mut file, len) = image::open_regular(path).map_err(err)?;
+    let mut head = vec![0u8; len.min(HEAD_BYTES) as usize];
+    file.read_exact(&mut head).map_err(|e| err(e.to_string()))?;
+    let image = if head.starts_with(b"\x7fELF") {
+        KernelImage::Elf(image::check_elf(&head, len, ram_top).map_err(err)?)
+    } else if head.len() >= 0x206 && &head[0x202..0x206] == b"HdrS" {
+        KernelImage::BzImage(image::check_bzimage(&head, len, ram_top).map_err(err)?)
+    } else {
+        return Err(err(
+            "not a Linux kernel (neither an ELF vmlinux nor a bzImage)".into(),
+        ));
+    };
+    Ok(Kernel { file, image })
+}
+
+/// How much of a kernel file is read for its headers: the bzImage setup header,
+/// or an ELF header with its program headers.
+const HEAD_BYTES: u64 = 64 << 10;
+
+/// Loads the validated kernel; returns the entry point and, for a bzImage, its
+/// setup header.
 pub fn load_kernel(
     mem: &GuestMemoryMmap,
     path: &Path,
+    kernel: &mut Kernel,
 ) -> Result<
     (
         Loaded,
@@ -75,29 +104,27 @@ pub fn load_kernel(
     ),
     VmmError,
 > {
-    let format = kernel_format(path)?;
-    let mut f = File::open(path).map_err(|e| VmmError::Kernel(path.into(), e.to_string()))?;
     let bad = |e: linux_loader::loader::Error| VmmError::Kernel(path.into(), e.to_string());
-    match format {
-        KernelFormat::Elf => {
-            let r = Elf::load(mem, None, &mut f, Some(GuestAddress(HIGH_RAM))).map_err(bad)?;
+    let f = &mut kernel.file;
+    f.seek(SeekFrom::Start(0))
+        .map_err(|e| VmmError::Kernel(path.into(), e.to_string()))?;
+    match &kernel.image {
+        KernelImage::Elf(_) => {
+            let r = Elf::load(mem, None, f, Some(GuestAddress(HIGH_RAM))).map_err(bad)?;
             Ok((
                 Loaded {
                     entry: r.kernel_load.0,
-                    kernel_end: r.kernel_end,
                 },
                 None,
             ))
         }
-        KernelFormat::BzImage => {
-            f.seek(SeekFrom::Start(0))
-                .map_err(|e| VmmError::Kernel(path.into(), e.to_string()))?;
-            let r = BzImage::load(mem, None, &mut f, Some(GuestAddress(HIGH_RAM))).map_err(bad)?;
+        KernelImage::BzImage(b) => {
+            let r = BzImage::load(mem, None, f, Some(GuestAddress(HIGH_RAM))).map_err(bad)?;
             // The 64-bit entry point is 0x200 into the protected-mode kernel.
+            debug_assert_eq!(r.kernel_load.0, b.load);
             Ok((
                 Loaded {
                     entry: r.kernel_load.0 + 0x200,
-                    kernel_end: r.kernel_end,
                 },
                 r.setup_header,
             ))
@@ -202,7 +229,10 @@ pub fn write_boot_params(
     p.hdr.header = 0x5372_6448; // "HdrS"
     p.hdr.kernel_alignment = 0x0100_0000;
     p.hdr.cmd_line_ptr = CMDLINE as u32;
-    p.hdr.cmdline_size = cmdline.len() as u32 + 1;
+    if p.hdr.cmdline_size == 0 {
+        // An ELF kernel brings no setup header; a bzImage's own value is kept.
+        p.hdr.cmdline_size = cmdline.len() as u32 + 1;
+    }
     if let Some((addr, size)) = initrd {
         p.hdr.ramdisk_image = addr as u32;
         p.hdr.ramdisk_size = size as u32;
@@ -224,29 +254,65 @@ pub fn write_boot_params(
     .map_err(|e| VmmError::Memory(e.to_string()))
 }
 
-/// Places the initramfs at the top of RAM below 4 GiB (and below the kernel's
-/// limit), page aligned, above the kernel; returns (address, size).
+/// An initramfs opened for loading: a regular file, its size known from its
+/// metadata before a byte is read.
+pub struct Initramfs {
+    file: File,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Opens the initramfs at `path`.
+pub fn open_initramfs(path: &Path) -> Result<Initramfs, VmmError> {
+    let (file, size) =
+        image::open_regular(path).map_err(|e| VmmError::Initramfs(path.into(), e))?;
+    if size == 0 {
+        return Err(VmmError::Initramfs(path.into(), "is empty".into()));
+    }
+    Ok(Initramfs { file, size })
+}
+
+/// Where the initramfs goes: the top of RAM below 4 GiB and below the kernel's
+/// `initrd_addr_max`, page aligned, above everything the kernel occupies
+/// (`kernel_end`). Checked before anything is loaded.
+pub fn place_initramfs(
+    path: &Path,
+    size: u64,
+    ram_top: u64,
+    kernel_end: u64,
+    initrd_addr_max: u64,
+) -> Result<u64, VmmError> {
+    let limit = ram_top.min(initrd_addr_max.saturating_add(1));
+    match limit.checked_sub(size).map(|a| a & !0xFFF) {
+        Some(addr) if addr >= kernel_end => Ok(addr),
+        _ if limit < ram_top => Err(VmmError::Initramfs(
+            path.into(),
+            format!(
+                "is {}; this kernel takes an initramfs only below {:#x} (initrd_addr_max), \
+                 and the kernel itself needs the RAM up to {:#x}",
+                crate::diag::size(size),
+                limit,
+                kernel_end
+            ),
+        )),
+        _ => Err(VmmError::TooSmall {
+            memory: ram_top,
+            needed: kernel_end.saturating_add(size).saturating_add(0xFFF) & !0xFFF,
+            what: format!("the kernel and the {} initramfs", crate::diag::size(size)),
+        }),
+    }
+}
+
+/// Streams the initramfs into guest memory at `addr` (from [`place_initramfs`]);
+/// returns (address, size).
 pub fn load_initramfs(
     mem: &GuestMemoryMmap,
     path: &Path,
-    memory_size: u64,
-    kernel_end: u64,
-    initrd_addr_max: u64,
+    initramfs: &mut Initramfs,
+    addr: u64,
 ) -> Result<(u64, u64), VmmError> {
-    let data = std::fs::read(path).map_err(|e| VmmError::Initramfs(path.into(), e.to_string()))?;
-    let size = data.len() as u64;
-    let top = low_ram_top(memory_size).min(initrd_addr_max.saturating_add(1));
-    let addr = top
-        .checked_sub(size)
-        .map(|a| a & !0xFFF)
-        .filter(|&a| a >= kernel_end);
-    let Some(addr) = addr else {
-        return Err(VmmError::TooSmall {
-            memory: memory_size,
-            needed: kernel_end + size + (16 << 20),
-        });
-    };
-    mem.write_slice(&data, GuestAddress(addr))
-        .map_err(|e| VmmError::Memory(e.to_string()))?;
+    let size = initramfs.size;
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut initramfs.file, size as usize)
+        .map_err(|e| VmmError::Initramfs(path.into(), format!("reading it: {e}")))?;
     Ok((addr, size))
 }

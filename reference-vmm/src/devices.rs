@@ -28,6 +28,10 @@ pub enum GuestExit {
     Reboot,
     /// Triple fault, unhandleable emulation failure, or another fatal exit.
     Crash(String),
+    /// The VMM itself failed while the guest ran (a VP thread ended abnormally).
+    VmmFailure(String),
+    /// The VMM was asked to stop by this signal (SIGTERM, SIGINT).
+    Signal(i32),
 }
 
 impl GuestExit {
@@ -35,8 +39,10 @@ impl GuestExit {
     pub fn status(&self) -> i32 {
         match self {
             GuestExit::PowerOff => 0,
+            GuestExit::VmmFailure(_) => 1,
             GuestExit::Reboot => 3,
             GuestExit::Crash(_) => 4,
+            GuestExit::Signal(n) => 128 + n,
         }
     }
 }
@@ -90,6 +96,11 @@ pub struct Devices {
     /// COM1.
     pub serial: Mutex<Com1>,
     mailbox: Mutex<[u8; 4096]>,
+    /// Whether the MADT advertises the mailbox; if not, its page is plain
+    /// unbacked MMIO.
+    mailbox_enabled: bool,
+    /// Refused wakeups are guest-triggered: their messages are rate-limited.
+    refused_wakeups: crate::diag::RateLimit,
     /// How the guest ended.
     pub exit: ExitSignal,
     partition: Arc<Partition>,
@@ -98,16 +109,20 @@ pub struct Devices {
 }
 
 impl Devices {
-    /// The devices of `partition`; the serial port writes to `out`.
+    /// The devices of `partition`; the serial port writes to `out`; the MP wakeup
+    /// mailbox answers only if `mailbox` (the MADT advertises it).
     pub fn new(
         partition: Arc<Partition>,
         serial_irq: EventFd,
         out: Box<dyn Write + Send>,
         timeline: Arc<Timeline>,
+        mailbox: bool,
     ) -> std::io::Result<Self> {
         Ok(Devices {
             serial: Mutex::new(Serial::new(IrqTrigger(serial_irq), out)),
             mailbox: Mutex::new([0; 4096]),
+            mailbox_enabled: mailbox,
+            refused_wakeups: crate::diag::RateLimit::new(),
             exit: ExitSignal::new()?,
             partition,
             timeline,
@@ -131,11 +146,18 @@ impl Devices {
         m.iter().map(|(k, v)| (*k, *v)).collect()
     }
 
-    /// A port write.
+    /// A port write. `data` holds every element of a string instruction: each
+    /// byte written to COM1's data register is sent in order.
     pub fn io_out(&self, port: u16, data: &[u8]) {
         let byte = data.first().copied().unwrap_or(0);
         match port {
-            COM1..=0x3FF => {
+            COM1 => {
+                let mut s = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+                for &b in data {
+                    let _ = s.write(0, b);
+                }
+            }
+            0x3F9..=0x3FF => {
                 let mut s = self.serial.lock().unwrap_or_else(|e| e.into_inner());
                 let _ = s.write((port - COM1) as u8, byte);
             }
@@ -165,9 +187,10 @@ impl Devices {
         }
     }
 
-    /// An MMIO write: only the MP wakeup mailbox is backed.
+    /// An MMIO write: only the MP wakeup mailbox is backed, and only when the MADT
+    /// advertises it.
     pub fn mmio_write(&self, gpa: u64, data: &[u8]) {
-        let Some(off) = gpa.checked_sub(MAILBOX).filter(|&o| o < 4096) else {
+        let Some(off) = self.mailbox_offset(gpa) else {
             return;
         };
         let off = off as usize;
@@ -185,9 +208,14 @@ impl Devices {
         }
     }
 
+    fn mailbox_offset(&self, gpa: u64) -> Option<u64> {
+        let off = gpa.checked_sub(MAILBOX).filter(|&o| o < 4096)?;
+        self.mailbox_enabled.then_some(off)
+    }
+
     /// An MMIO read.
     pub fn mmio_read(&self, gpa: u64, data: &mut [u8]) {
-        match gpa.checked_sub(MAILBOX).filter(|&o| o < 4096) {
+        match self.mailbox_offset(gpa) {
             Some(off) => {
                 let mb = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());
                 for (i, b) in data.iter_mut().enumerate() {
@@ -212,7 +240,11 @@ impl Devices {
                 "mailbox wakeup: APIC id {apic_id} is VP {}, started at vector {vector:#x}",
                 vp.0
             )),
-            Err(e) => eprintln!("reference-vmm: mailbox wakeup of APIC id {apic_id} failed: {e}"),
+            Err(e) => {
+                if let Some(n) = self.refused_wakeups.allow() {
+                    log::warn!("mailbox wakeup of APIC id {apic_id} refused: {e} (refusal {n})");
+                }
+            }
         }
     }
 }

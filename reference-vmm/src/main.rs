@@ -4,8 +4,12 @@
 mod acpi;
 mod boot;
 mod devices;
+mod diag;
+mod image;
 mod layout;
 mod pvm;
+mod seccomp;
+mod signals;
 mod timeline;
 
 use std::os::fd::AsRawFd;
@@ -42,9 +46,10 @@ enum HyperV {
 /// Boots a Linux kernel on KVM; every AP is started through StartVirtualProcessor.
 ///
 /// Exit status: 0 the guest powered off (ACPI S5); 1 a VMM error (bad input, no
-/// KVM); 2 bad command-line usage; 3 the guest rebooted (ACPI reset register or
-/// i8042 reset); 4 the guest crashed (triple fault, unhandleable emulation
-/// failure).
+/// KVM, a failure of the VMM while the guest ran, a system call the seccomp
+/// filter forbids); 2 bad command-line usage; 3 the guest rebooted (ACPI reset
+/// register or i8042 reset); 4 the guest crashed (triple fault, unhandleable
+/// emulation failure); 128 + N stopped by signal N (130 SIGINT, 143 SIGTERM).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None, after_help = EXIT_HELP)]
 struct Args {
@@ -72,10 +77,18 @@ struct Args {
     /// At exit, print exits by reason and hypercalls by code on stderr.
     #[arg(long)]
     stats: bool,
+    /// Run without the seccomp filters (for debugging with strace or gdb).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Test hook: VP N makes a system call its seccomp filter forbids once the
+    /// filter is installed.
+    #[arg(long, hide = true, value_name = "N")]
+    debug_forbidden_syscall: Option<u32>,
 }
 
 const EXIT_HELP: &str = "Exit status: 0 guest powered off, 1 VMM error, 2 usage error, \
-3 guest rebooted, 4 guest crashed (triple fault, unhandleable emulation failure).";
+3 guest rebooted, 4 guest crashed (triple fault, unhandleable emulation failure), \
+130/143 stopped by SIGINT/SIGTERM.";
 
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -106,16 +119,23 @@ pub enum VmmError {
     Vcpus(u32, u32),
     /// Memory too small.
     #[error(
-        "--memory {memory} bytes is too small: the kernel and initramfs need at least {needed}"
+        "--memory {} is too small: {what} need at least {}",
+        diag::size(*memory),
+        diag::size(*needed)
     )]
     TooSmall {
-        /// Requested.
+        /// Requested (RAM below 4 GiB where that is what counts).
         memory: u64,
         /// Needed.
         needed: u64,
+        /// What needs it.
+        what: String,
     },
+    /// Memory not a whole number of pages.
+    #[error("--memory {0} bytes is not a multiple of 4 KiB (4096 bytes)")]
+    NotPages(u64),
     /// Memory too large.
-    #[error("--memory {0} bytes is more than this host has ({1} bytes)")]
+    #[error("--memory {} is more than this host has ({})", diag::size(*.0), diag::size(*.1))]
     TooLarge(u64, u64),
     /// KVM.
     #[error("{0}")]
@@ -129,7 +149,14 @@ pub enum VmmError {
     /// Anything else during setup.
     #[error("{0}")]
     Setup(String),
+    /// A VP thread ended without the guest ending (a panic, or a run that failed
+    /// in the VMM itself).
+    #[error("{0}")]
+    VpThread(String),
 }
+
+/// The least guest memory the VMM accepts.
+const MIN_MEMORY: u64 = 64 << 20;
 
 fn host_memory() -> Option<u64> {
     let m = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -139,14 +166,25 @@ fn host_memory() -> Option<u64> {
 }
 
 fn main() {
+    // clap prints usage errors and exits 2 itself; --help and --version go to
+    // stdout, whose errors clap ignores.
     let args = Args::parse();
-    match run(args) {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("reference-vmm: error: {e}");
-            std::process::exit(1);
+    diag::init(log::LevelFilter::Warn);
+    // A panic anywhere is a VMM error: one line, status 1, never a hang.
+    std::panic::set_hook(Box::new(|info| {
+        diag::line(format_args!(
+            "reference-vmm: error: internal error: {info}\n"
+        ));
+    }));
+    let code = match std::panic::catch_unwind(|| run(args)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
+            diag::line(format_args!("reference-vmm: error: {e}\n"));
+            1
         }
-    }
+        Err(_) => 1,
+    };
+    std::process::exit(code);
 }
 
 /// Reads stdin into the serial port and watches for the guest's end.
@@ -189,21 +227,72 @@ fn run(args: Args) -> Result<i32, VmmError> {
     let timeline = Arc::new(Timeline::new(start, args.timings));
     timeline.mark("VMM start");
 
-    // Input checks that need no KVM.
-    boot::kernel_format(&args.kernel)?;
-    if let Some(i) = &args.initramfs {
-        std::fs::metadata(i).map_err(|e| VmmError::Initramfs(i.clone(), e.to_string()))?;
+    // Input checks that need no KVM: sizes, then the files, then the command line.
+    if args.memory % 4096 != 0 {
+        return Err(VmmError::NotPages(args.memory));
     }
     if let Some(total) = host_memory() {
         if args.memory > total {
             return Err(VmmError::TooLarge(args.memory, total));
         }
     }
-    if args.memory < (64 << 20) {
+    if args.memory < MIN_MEMORY {
         return Err(VmmError::TooSmall {
             memory: args.memory,
-            needed: 64 << 20,
+            needed: MIN_MEMORY,
+            what: "the VMM's boot data and a kernel".into(),
         });
+    }
+    let ram_top = layout::low_ram_top(args.memory);
+    let mut kernel = boot::open_kernel(&args.kernel, ram_top)?;
+    let mut initramfs = match &args.initramfs {
+        Some(path) => {
+            let i = boot::open_initramfs(path)?;
+            let addr = boot::place_initramfs(
+                path,
+                i.size,
+                ram_top,
+                kernel.needs_up_to(),
+                kernel.initrd_addr_max(),
+            )?;
+            Some((path, i, addr))
+        }
+        None => None,
+    };
+    if kernel.needs_up_to().saturating_add(16 << 20) > ram_top {
+        return Err(VmmError::TooSmall {
+            memory: ram_top,
+            needed: kernel.needs_up_to() + (16 << 20),
+            what: "the kernel and 16 MiB for it to run in".into(),
+        });
+    }
+    let hyperv = match args.hyperv {
+        HyperV::Off => None,
+        HyperV::Vtl2 => Some(HyperVConfig {
+            boot_vtl: Vtl::VTL2,
+        }),
+    };
+    let pvm = pvm::is_pvm_host();
+    let mut cmdline = args.cmdline.clone();
+    let mut add = |opt: &str| {
+        if !cmdline.split_whitespace().any(|w| w == opt) {
+            cmdline.push(' ');
+            cmdline.push_str(opt);
+        }
+    };
+    if hyperv.is_some() {
+        add("noxsave");
+    }
+    if pvm {
+        pvm::PVM_CMDLINE.split_whitespace().for_each(&mut add);
+    }
+    if cmdline.len() > kernel.cmdline_max() {
+        return Err(VmmError::Cmdline(format!(
+            "{} bytes with the options the VMM adds; this kernel takes at most {} \
+             (cmdline_size)",
+            cmdline.len(),
+            kernel.cmdline_max()
+        )));
     }
     let kvm_max = kvm_ioctls::Kvm::new()
         .map_err(partition::PartitionError::OpenKvm)?
@@ -212,14 +301,14 @@ fn run(args: Args) -> Result<i32, VmmError> {
     if args.vcpus == 0 || args.vcpus > kvm_max {
         return Err(VmmError::Vcpus(args.vcpus, kvm_max));
     }
+    if pvm {
+        log::warn!(
+            "this host's KVM is PVM (kvm_pvm): adding '{}' to the kernel command line and \
+             hiding KVM's hypercall-based paravirtual features",
+            pvm::PVM_CMDLINE
+        );
+    }
 
-    let hyperv = match args.hyperv {
-        HyperV::Off => None,
-        HyperV::Vtl2 => Some(HyperVConfig {
-            boot_vtl: Vtl::VTL2,
-        }),
-    };
-    let pvm = pvm::is_pvm_host();
     let partition = Partition::new(PartitionConfig {
         max_vps: args.vcpus,
         memory: layout::ram_ranges(args.memory),
@@ -235,26 +324,11 @@ fn run(args: Args) -> Result<i32, VmmError> {
         ))
     }));
 
-    let (loaded, setup_header) = boot::load_kernel(&mem, &args.kernel)?;
-    let initrd = match &args.initramfs {
-        Some(path) => {
-            let max = setup_header.map_or(0x7FFF_FFFF, |h| h.initrd_addr_max as u64);
-            Some(boot::load_initramfs(
-                &mem,
-                path,
-                args.memory,
-                loaded.kernel_end,
-                max,
-            )?)
-        }
+    let (loaded, setup_header) = boot::load_kernel(&mem, &args.kernel, &mut kernel)?;
+    let initrd = match &mut initramfs {
+        Some((path, i, addr)) => Some(boot::load_initramfs(&mem, path, i, *addr)?),
         None => None,
     };
-    if loaded.kernel_end + (16 << 20) > layout::low_ram_top(args.memory) {
-        return Err(VmmError::TooSmall {
-            memory: args.memory,
-            needed: loaded.kernel_end + (16 << 20),
-        });
-    }
     boot::write_page_tables_and_gdt(&mem)?;
     let tables = acpi::build(&acpi::MadtConfig {
         apic_ids: (0..args.vcpus as u8).collect(),
@@ -263,23 +337,6 @@ fn run(args: Args) -> Result<i32, VmmError> {
     for (addr, bytes) in &tables.pieces {
         mem.write_slice(bytes, GuestAddress(*addr))
             .map_err(|e| VmmError::Memory(e.to_string()))?;
-    }
-    let mut cmdline = args.cmdline.clone();
-    let mut add = |opt: &str| {
-        if !cmdline.split_whitespace().any(|w| w == opt) {
-            cmdline.push(' ');
-            cmdline.push_str(opt);
-        }
-    };
-    if hyperv.is_some() {
-        add("noxsave");
-    }
-    if pvm {
-        eprintln!(
-            "reference-vmm: this host's KVM is PVM (kvm_pvm): adding '{}' to the kernel command line and hiding KVM's hypercall-based paravirtual features",
-            pvm::PVM_CMDLINE
-        );
-        pvm::PVM_CMDLINE.split_whitespace().for_each(&mut add);
     }
     boot::write_boot_params(
         &mem,
@@ -304,9 +361,11 @@ fn run(args: Args) -> Result<i32, VmmError> {
             serial_irq,
             Box::new(std::io::stdout()),
             timeline.clone(),
+            hyperv.is_none(),
         )
         .map_err(|e| VmmError::Setup(e.to_string()))?,
     );
+    signals::install(&devices.exit.event).map_err(|e| VmmError::Setup(e.to_string()))?;
 
     // VPs: created suspended; the BSP's registers set by HV name; then released.
     let mut vps = vec![];
@@ -319,16 +378,44 @@ fn run(args: Args) -> Result<i32, VmmError> {
     vps[0]
         .set_registers(&boot::bsp_registers(loaded.entry))
         .map_err(|e| VmmError::Setup(format!("BSP registers: {e}")))?;
+    let filters = if args.no_seccomp {
+        None
+    } else {
+        Some(seccomp::Filters::build().map_err(VmmError::Setup)?)
+    };
     let mut threads = vec![];
     for vp in vps {
         let (d, t) = (devices.clone(), timeline.clone());
-        let name = format!("vp{}", vp.index().0);
+        let index = vp.index().0;
+        let vp_filter = filters.as_ref().map(|f| f.vp.clone());
+        let forbidden = args.debug_forbidden_syscall == Some(index);
         let h = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || vp_loop(vp, d, t))
+            .name(format!("vp{index}"))
+            .spawn(move || {
+                if let Some(f) = vp_filter {
+                    if let Err(e) = seccomp::apply(&f) {
+                        d.exit.set(GuestExit::VmmFailure(format!(
+                            "VP {index}: cannot install the seccomp filter: {e}"
+                        )));
+                        return;
+                    }
+                }
+                if forbidden {
+                    seccomp::forbidden_syscall();
+                }
+                // A VP thread that dies for any reason ends the VM: the panic
+                // hook has printed why.
+                let run = std::panic::AssertUnwindSafe(|| vp_loop(vp, d.clone(), t));
+                if std::panic::catch_unwind(run).is_err() {
+                    d.exit.set(GuestExit::VmmFailure(format!(
+                        "VP {index}: its thread panicked"
+                    )));
+                }
+            })
             .map_err(|e| VmmError::Setup(e.to_string()))?;
         threads.push(h);
     }
+
     for i in 0..args.vcpus {
         partition
             .set_explicit_suspend(VpIndex(i), false)
@@ -340,8 +427,21 @@ fn run(args: Args) -> Result<i32, VmmError> {
         devices: devices.clone(),
         done: false,
     });
+    // Set-up is done: from here the main thread only runs the event loop.
+    if let Some(f) = &filters {
+        seccomp::apply(&f.main).map_err(VmmError::Setup)?;
+    }
     loop {
         let _ = em.run_with_timeout(200);
+        if let Some(n) = signals::received() {
+            devices.exit.set(GuestExit::Signal(n));
+        }
+        if threads.iter().any(|t| t.is_finished()) {
+            // Every normal end of a VP thread records an exit first.
+            devices.exit.set(GuestExit::VmmFailure(
+                "a VP thread ended without the guest ending".into(),
+            ));
+        }
         let done = em.subscriber_mut(id).map(|c| c.done).unwrap_or(true);
         if done || devices.exit.get().is_some() {
             break;
@@ -350,7 +450,7 @@ fn run(args: Args) -> Result<i32, VmmError> {
     let exit = devices
         .exit
         .get()
-        .unwrap_or(GuestExit::Crash("no exit recorded".into()));
+        .unwrap_or(GuestExit::VmmFailure("no exit recorded".into()));
     for i in 0..args.vcpus {
         let _ = partition.cancel_run(VpIndex(i));
     }
@@ -363,13 +463,25 @@ fn run(args: Args) -> Result<i32, VmmError> {
         GuestExit::Reboot => timeline.mark("exit: guest rebooted"),
         GuestExit::Crash(why) => {
             timeline.mark("exit: guest crashed");
-            eprintln!("reference-vmm: guest crashed: {why}");
+            diag::line(format_args!("reference-vmm: guest crashed: {why}\n"));
+        }
+        GuestExit::VmmFailure(why) => {
+            timeline.mark("exit: VMM failure");
+            diag::line(format_args!("reference-vmm: error: {why}\n"));
+        }
+        GuestExit::Signal(n) => {
+            timeline.mark(&format!("exit: signal {n}"));
+            diag::line(format_args!(
+                "reference-vmm: stopped by signal {n}; the guest was ended\n"
+            ));
         }
     }
     if args.stats {
-        eprint!("{}", partition.stats());
+        diag::line(format_args!("{}", partition.stats()));
         for (what, n) in devices.handled() {
-            eprintln!("emulation failures handled by the VMM: {what} x {n}");
+            diag::line(format_args!(
+                "emulation failures handled by the VMM: {what} x {n}\n"
+            ));
         }
     }
     Ok(exit.status())

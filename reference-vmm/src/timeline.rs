@@ -17,7 +17,10 @@ impl Timeline {
     /// Prints `what` with the elapsed time.
     pub fn mark(&self, what: &str) {
         if self.enabled {
-            eprintln!("[{:>10.6} s] {what}", self.start.elapsed().as_secs_f64());
+            crate::diag::line(format_args!(
+                "[{:>10.6} s] {what}\n",
+                self.start.elapsed().as_secs_f64()
+            ));
         }
     }
 }

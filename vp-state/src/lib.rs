@@ -170,7 +170,7 @@ impl VpState {
     }
     /// Whether `vtl` is enabled on this VP.
     pub const fn vtl_enabled(&self, vtl: Vtl) -> bool {
-        vtl.0 <= Vtl::MAX_X64.0 && self.enabled_vtls & vtl_bit(vtl) != 0
+        self.enabled_vtls & vtl_bit(vtl) != 0
     }
     /// The vector of the SIPI that started the VP, if one did.
     pub const fn sipi_vector(&self) -> Option<u8> {
