@@ -68,6 +68,7 @@ mod exit;
 mod hypercall;
 mod ids;
 mod input;
+mod regname;
 mod status;
 mod x64;
 
@@ -80,6 +81,7 @@ pub use input::{
     ProximityDomainFlags, ProximityDomainInfo, SetVpRegistersElement, StartVirtualProcessorInput,
     VpIndexElement, VpRegistersHeader, HV_CALL_ALIGNMENT, HV_PAGE_SIZE,
 };
+pub use regname::HvRegisterName;
 pub use status::{HvError, HvResult, HvStatus};
 pub use x64::{
     HvRegisterValue, InitialVpContext, SegmentAttributes, SegmentRegister, TableRegister,

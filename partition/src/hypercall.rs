@@ -1,47 +1,26 @@
 //! Guest hypercalls trapped by the hypercall page, served from the guest's input
 //! and output pages.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use exit_decoder::HypercallExit;
 use hv_defs::{
-    check_parameter_block, ApicIdElement, EnableVpVtlInput, GetPartitionIdOutput,
-    GetVpIndexFromApicIdHeader, GetVpRegistersElement, GuestInput, HvError, HvRegisterValue,
-    HvResult, HvStatus, HypercallCode, HypercallControl, HypercallResult, PartitionId,
-    SetVpRegistersElement, StartVirtualProcessorInput, VpIndex, VpIndexElement, VpRegistersHeader,
-    Vtl,
+    HvError, HvInputVtl, HvRegisterValue, HvResult, InitialVpContext, PartitionId, VpIndex, Vtl,
+};
+use hv_hypercall::{
+    Calls, EnableVpVtl, GetPartitionId, GetVpIndexFromApicId, GetVpRegisters, HvRepResult,
+    HypercallInput, NotifyLongSpinWait, SetVpRegisters, StartVirtualProcessor,
 };
 use hv_regs::{location, HvRegisterName, KvmRegister, Synthetic};
-use vm_memory::{Bytes, GuestAddress};
-use zerocopy::IntoBytes;
 
 use crate::partition::{start_vp, VpShared};
 use crate::vp::{access_status, Vp};
 
-/// A rep call's outcome: the status and how many reps completed.
-struct Reps {
-    status: HvStatus,
-    completed: u16,
-}
-
-impl Reps {
-    fn done(n: u16) -> Self {
-        Reps {
-            status: HvStatus::SUCCESS,
-            completed: n,
-        }
-    }
-    fn failed(e: HvError, completed: u16) -> Self {
-        Reps {
-            status: e.status(),
-            completed,
-        }
-    }
-}
-
 impl Vp {
-    /// Serves the hypercall whose registers KVM synced at the trap, and arranges
-    /// for its result to be in RAX (EDX:EAX for a 32-bit caller) when the guest
+    /// Serves the hypercall whose registers KVM synced at the trap (through the
+    /// `hv-hypercall` dispatcher, this VP's calls behind it), and arranges for
+    /// its result to be in RAX (EDX:EAX for a 32-bit caller) when the guest
     /// resumes.
     pub(crate) fn handle_hypercall(&mut self, long: bool) {
         let start = Instant::now();
@@ -51,77 +30,27 @@ impl Vp {
         } else {
             HypercallExit::from_regs_x86(&regs)
         };
-        let result = self.dispatch(hc);
+        let partition = self.partition().clone();
+        let call = HypercallInput {
+            control: hc.control,
+            input: hc.rdx,
+            output: hc.r8,
+        };
+        let result = hv_hypercall::dispatch(partition.memory(), call, &mut GuestCalls(self));
         self.set_result(result.0, long);
-        self.partition()
+        partition
             .stats
             .hypercall(hc.control.code(), result.status(), start.elapsed());
     }
+}
 
-    fn dispatch(&mut self, hc: HypercallExit) -> HypercallResult {
-        let control = hc.control;
-        if let Err(e) = control.check() {
-            return HypercallResult::error(e);
-        }
-        let code = control.code();
-        if code == HypercallCode::NOTIFY_LONG_SPIN_WAIT {
-            // A hint; nothing to do.
-            return HypercallResult::new(HvStatus::SUCCESS, 0);
-        }
-        // Every other call served here takes its input from memory.
-        if control.fast() || control.variable_header_size() != 0 {
-            return HypercallResult::error(HvError::INVALID_HYPERCALL_INPUT);
-        }
-        let simple = |r: HvResult<()>| HypercallResult::new(HvStatus::from(r), 0);
-        let rep = |r: Reps| HypercallResult::new(r.status, r.completed);
-        match code {
-            HypercallCode::GET_PARTITION_ID => simple(self.get_partition_id(hc.r8)),
-            HypercallCode::GET_VP_REGISTERS => rep(self.get_vp_registers(control, hc.rdx, hc.r8)),
-            HypercallCode::SET_VP_REGISTERS => rep(self.set_vp_registers(control, hc.rdx)),
-            HypercallCode::ENABLE_VP_VTL => simple(self.enable_vp_vtl(hc.rdx)),
-            HypercallCode::START_VIRTUAL_PROCESSOR => simple(self.start_vp(hc.rdx)),
-            HypercallCode::GET_VP_INDEX_FROM_APIC_ID => {
-                rep(self.get_vp_index_from_apic_id(control, hc.rdx, hc.r8))
-            }
-            _ => HypercallResult::error(HvError::INVALID_HYPERCALL_CODE),
-        }
-    }
+/// The calls this partition serves to its guests, for the dispatcher.
+struct GuestCalls<'a>(&'a mut Vp);
 
-    /// Reads `len` bytes of hypercall input at `gpa`: 8-byte aligned, within one
-    /// page, inside guest memory. Each failure is HV_STATUS_INVALID_ALIGNMENT, as
-    /// the TLFS common status table gives it (misaligned, spanning pages, outside
-    /// the GPA space).
-    fn read_input(&self, gpa: u64, len: usize) -> HvResult<Vec<u8>> {
-        check_parameter_block(gpa, len as u64)?;
-        let mut buf = vec![0u8; len];
-        self.partition()
-            .memory()
-            .read_slice(&mut buf, GuestAddress(gpa))
-            .map_err(|_| HvError::INVALID_ALIGNMENT)?;
-        Ok(buf)
-    }
-
-    /// Checks an output block of `len` bytes at `gpa` before anything is done,
-    /// with the statuses of [`Vp::read_input`].
-    fn check_output(&self, gpa: u64, len: usize) -> HvResult<()> {
-        check_parameter_block(gpa, len as u64)?;
-        let mem = self.partition().memory();
-        if len > 0 && !vm_memory::GuestMemoryBackend::check_range(mem, GuestAddress(gpa), len) {
-            return Err(HvError::INVALID_ALIGNMENT);
-        }
-        Ok(())
-    }
-
-    fn write_output(&self, gpa: u64, bytes: &[u8]) -> HvResult<()> {
-        self.partition()
-            .memory()
-            .write_slice(bytes, GuestAddress(gpa))
-            .map_err(|_| HvError::INVALID_ALIGNMENT)
-    }
-
+impl GuestCalls<'_> {
     /// The partition id a guest names must be its own.
     fn check_partition(&self, id: PartitionId) -> HvResult<()> {
-        if id == PartitionId::SELF || id == self.partition().id() {
+        if id == PartitionId::SELF || id == self.0.partition().id() {
             Ok(())
         } else {
             Err(HvError::ACCESS_DENIED)
@@ -129,23 +58,24 @@ impl Vp {
     }
 
     /// The VP a guest names: HV_VP_INDEX_SELF or an existing VP.
-    fn target(&self, index: VpIndex) -> HvResult<std::sync::Arc<VpShared>> {
-        if index == VpIndex::SELF || index == self.index() {
-            return Ok(self.shared().clone());
+    fn target(&self, index: VpIndex) -> HvResult<Arc<VpShared>> {
+        if index == VpIndex::SELF || index == self.0.index() {
+            return Ok(self.0.shared().clone());
         }
-        self.partition()
+        self.0
+            .partition()
             .vp_shared(index)
             .ok_or(HvError::INVALID_VP_INDEX)
     }
 
     fn active_vtl(&self) -> Vtl {
-        self.shared().lock().state.active_vtl()
+        self.0.shared().lock().state.active_vtl()
     }
 
     /// An input VTL selector against the caller's VTL: only the caller's own VTL is
     /// served; a higher one is `ACCESS_DENIED`, a lower one `INVALID_VTL_STATE`
-    /// (this partition keeps one register set per VP).
-    fn check_input_vtl(&self, sel: hv_defs::HvInputVtl) -> HvResult<()> {
+    /// (this partition keeps one register set per VP; see [`crate::choices`]).
+    fn check_input_vtl(&self, sel: HvInputVtl) -> HvResult<()> {
         let active = self.active_vtl();
         match sel.target()? {
             None => Ok(()),
@@ -155,167 +85,170 @@ impl Vp {
         }
     }
 
-    fn get_partition_id(&self, out: u64) -> HvResult<()> {
-        let o = GetPartitionIdOutput {
-            partition_id: self.partition().id(),
-        };
-        self.check_output(out, o.as_bytes().len())?;
-        self.write_output(out, o.as_bytes())
-    }
-
-    /// Reads a Get/SetVpRegisters input (the header and `n` elements of `elem`
-    /// bytes) and resolves the VP it names.
-    fn vp_registers_input(
+    /// The target of a Get/SetVpRegisters call, after its header's checks.
+    fn registers_target(
         &self,
-        input: u64,
-        elem: usize,
-        n: usize,
-    ) -> HvResult<(Vec<u8>, std::sync::Arc<VpShared>)> {
-        let bytes = self.read_input(input, 16 + elem * n)?;
-        let header = VpRegistersHeader::read_from_guest(&bytes, input)?;
-        self.check_partition(header.partition_id)?;
-        let target = self.target(header.vp_index)?;
-        self.check_input_vtl(header.input_vtl)?;
-        Ok((bytes, target))
+        partition_id: PartitionId,
+        vp_index: VpIndex,
+        input_vtl: HvInputVtl,
+    ) -> HvResult<Arc<VpShared>> {
+        self.check_partition(partition_id)?;
+        let target = self.target(vp_index)?;
+        self.check_input_vtl(input_vtl)?;
+        Ok(target)
     }
+}
 
-    /// Runs reps `start..count` of a rep call whose rep `i` yields `size` bytes of
-    /// output, stopping at the first failure; writes the output of the completed
-    /// reps at their place in the output list.
-    fn rep_outputs(
+impl GetPartitionId for GuestCalls<'_> {
+    fn get_partition_id(&mut self) -> HvResult<PartitionId> {
+        Ok(self.0.partition().id())
+    }
+}
+
+impl NotifyLongSpinWait for GuestCalls<'_> {
+    fn notify_long_spin_wait(&mut self, _spin_count: u64) -> HvResult<()> {
+        // A hint; nothing to do.
+        Ok(())
+    }
+}
+
+impl GetVpRegisters for GuestCalls<'_> {
+    fn get_vp_registers(
         &mut self,
-        c: HypercallControl,
-        output: u64,
-        size: usize,
-        mut rep: impl FnMut(&mut Self, usize) -> HvResult<Vec<u8>>,
-    ) -> Reps {
-        let (n, start) = (c.rep_count() as usize, c.rep_start_index() as usize);
-        let mut out = Vec::with_capacity(size * n.saturating_sub(start));
-        let mut status = Ok(());
-        for i in start..n {
-            match rep(self, i) {
-                Ok(bytes) => out.extend(bytes),
-                Err(e) => {
-                    status = Err(e);
-                    break;
-                }
-            }
-        }
-        let done = start + out.len() / size;
-        if done > start {
-            if let Err(e) = self.write_output(output + (size * start) as u64, &out) {
-                return Reps::failed(e, start as u16);
-            }
-        }
-        match status {
-            Ok(()) => Reps::done(done as u16),
-            Err(e) => Reps::failed(e, done as u16),
-        }
-    }
-
-    fn get_vp_registers(&mut self, c: HypercallControl, input: u64, output: u64) -> Reps {
-        let n = c.rep_count() as usize;
-        let prepared = self
-            .vp_registers_input(input, 4, n)
-            .and_then(|p| self.check_output(output, 16 * n).map(|()| p));
-        let (bytes, target) = match prepared {
-            Ok(p) => p,
-            Err(e) => return Reps::failed(e, c.rep_start_index()),
-        };
-        let own = std::sync::Arc::ptr_eq(&target, self.shared());
-        self.rep_outputs(c, output, 16, |vp, i| {
-            let elem = GetVpRegistersElement::parse(&bytes[16 + 4 * i..])?;
-            let name = HvRegisterName(elem.name);
-            let value = if own {
-                hv_regs::get_register(&vp.regs(), name).map_err(access_status)?
+        partition_id: PartitionId,
+        vp_index: VpIndex,
+        input_vtl: HvInputVtl,
+        names: &[HvRegisterName],
+        values: &mut [HvRegisterValue],
+    ) -> HvRepResult {
+        let target = self
+            .registers_target(partition_id, vp_index, input_vtl)
+            .map_err(|e| (e, 0))?;
+        let own = Arc::ptr_eq(&target, self.0.shared());
+        for (i, (&name, value)) in names.iter().zip(values.iter_mut()).enumerate() {
+            let v = if own {
+                hv_regs::get_register(&self.0.regs(), name).map_err(access_status)
             } else {
-                synthetic_of_other(&target, name)?
+                synthetic_of_other(&target, name)
             };
-            Ok(value.as_bytes().to_vec())
-        })
-    }
-
-    fn set_vp_registers(&mut self, c: HypercallControl, input: u64) -> Reps {
-        let n = c.rep_count() as usize;
-        let start = c.rep_start_index() as usize;
-        let (bytes, target) = match self.vp_registers_input(input, 32, n) {
-            Ok(p) => p,
-            Err(e) => return Reps::failed(e, c.rep_start_index()),
-        };
-        let own = std::sync::Arc::ptr_eq(&target, self.shared());
-        for i in start..n {
-            let off = 16 + 32 * i;
-            let r = SetVpRegistersElement::parse(&bytes[off..])
-                .map_err(HvError::from)
-                .and_then(|e| {
-                    let name = HvRegisterName(e.name);
-                    if own {
-                        hv_regs::set_register(&self.regs(), name, e.value).map_err(access_status)
-                    } else {
-                        set_synthetic_of_other(&target, name, e.value)
-                    }
-                });
-            if let Err(e) = r {
-                return Reps::failed(e, i as u16);
-            }
+            *value = v.map_err(|e| (e, i))?;
         }
-        Reps::done(n as u16)
+        Ok(())
     }
+}
 
-    fn enable_vp_vtl(&mut self, input: u64) -> HvResult<()> {
-        let bytes = self.read_input(input, 240)?;
-        let i = EnableVpVtlInput::read_from_guest(&bytes, input)?;
-        self.check_partition(i.partition_id)?;
-        let target = self.target(i.vp_index)?;
-        if i.target_vtl > self.active_vtl() {
+impl SetVpRegisters for GuestCalls<'_> {
+    fn set_vp_registers(
+        &mut self,
+        partition_id: PartitionId,
+        vp_index: VpIndex,
+        input_vtl: HvInputVtl,
+        registers: &[(HvRegisterName, HvRegisterValue)],
+    ) -> HvRepResult {
+        let target = self
+            .registers_target(partition_id, vp_index, input_vtl)
+            .map_err(|e| (e, 0))?;
+        let own = Arc::ptr_eq(&target, self.0.shared());
+        for (i, &(name, value)) in registers.iter().enumerate() {
+            let r = if own {
+                hv_regs::set_register(&self.0.regs(), name, value).map_err(access_status)
+            } else {
+                set_synthetic_of_other(&target, name, value)
+            };
+            r.map_err(|e| (e, i))?;
+        }
+        Ok(())
+    }
+}
+
+impl EnableVpVtl for GuestCalls<'_> {
+    fn enable_vp_vtl(
+        &mut self,
+        partition_id: PartitionId,
+        vp_index: VpIndex,
+        target_vtl: Vtl,
+        context: &InitialVpContext,
+    ) -> HvResult<()> {
+        self.check_partition(partition_id)?;
+        let target = self.target(vp_index)?;
+        if target_vtl > self.active_vtl() {
             return Err(HvError::ACCESS_DENIED);
         }
         let mut g = target.lock();
-        let enabled = g.state.enable_vtl(i.target_vtl)?;
-        hv_regs::context_to_kvm(&i.vp_vtl_context, &Default::default())
-            .map_err(hv_regs::context_status)?;
+        let enabled = g.state.enable_vtl(target_vtl)?;
+        hv_regs::context_to_kvm(context, &Default::default()).map_err(hv_regs::context_status)?;
         g.state = enabled;
         Ok(())
     }
+}
 
-    /// HvCallStartVirtualProcessor, checked in the TLFS order: partition, VP
-    /// exists, not the caller, VTL not above the caller's, VTL enabled on the
-    /// target, target not started, context valid.
-    fn start_vp(&mut self, input: u64) -> HvResult<()> {
-        let bytes = self.read_input(input, 240)?;
-        let i = StartVirtualProcessorInput::read_from_guest(&bytes, input)?;
-        self.check_partition(i.partition_id)?;
-        let target = self.target(i.vp_index)?;
-        if std::sync::Arc::ptr_eq(&target, self.shared()) {
+impl StartVirtualProcessor for GuestCalls<'_> {
+    /// Checked in the TLFS order: partition, VP exists, not the caller, VTL not
+    /// above the caller's, VTL enabled on the target, target not started,
+    /// context valid (and loadable: see [`crate::Partition`]).
+    fn start_virtual_processor(
+        &mut self,
+        partition_id: PartitionId,
+        vp_index: VpIndex,
+        target_vtl: Vtl,
+        context: &InitialVpContext,
+    ) -> HvResult<()> {
+        self.check_partition(partition_id)?;
+        let target = self.target(vp_index)?;
+        if Arc::ptr_eq(&target, self.0.shared()) {
             return Err(HvError::INVALID_PARAMETER);
         }
-        if i.target_vtl > self.active_vtl() {
+        if target_vtl > self.active_vtl() {
             return Err(HvError::ACCESS_DENIED);
         }
-        start_vp(self.partition(), &target, i.target_vtl, &i.vp_context)?;
-        self.partition().started(target.index, i.target_vtl);
+        start_vp(self.0.partition(), &target, target_vtl, context)?;
+        self.0.partition().started(target.index, target_vtl);
         Ok(())
     }
+}
 
-    fn get_vp_index_from_apic_id(&mut self, c: HypercallControl, input: u64, output: u64) -> Reps {
-        let n = c.rep_count() as usize;
-        let prepared = (|| {
-            let bytes = self.read_input(input, 16 + 4 * n)?;
-            let header = GetVpIndexFromApicIdHeader::read_from_guest(&bytes, input)?;
-            self.check_output(output, 4 * n)?;
-            self.check_partition(header.partition_id)?;
-            self.check_input_vtl(header.target_vtl)?;
-            Ok(bytes)
-        })();
-        let bytes = match prepared {
-            Ok(b) => b,
-            Err(e) => return Reps::failed(e, c.rep_start_index()),
-        };
-        self.rep_outputs(c, output, 4, |vp, i| {
-            let apic = ApicIdElement::parse(&bytes[16 + 4 * i..])?;
-            let vp_index = vp.partition().vp_index_from_apic_id(apic.apic_id)?;
-            Ok(VpIndexElement { vp_index }.as_bytes().to_vec())
-        })
+impl GetVpIndexFromApicId for GuestCalls<'_> {
+    fn get_vp_index_from_apic_id(
+        &mut self,
+        partition_id: PartitionId,
+        target_vtl: HvInputVtl,
+        apic_ids: &[u32],
+        vp_indexes: &mut [VpIndex],
+    ) -> HvRepResult {
+        self.check_partition(partition_id).map_err(|e| (e, 0))?;
+        self.check_input_vtl(target_vtl).map_err(|e| (e, 0))?;
+        for (i, (&apic_id, out)) in apic_ids.iter().zip(vp_indexes.iter_mut()).enumerate() {
+            *out = self
+                .0
+                .partition()
+                .vp_index_from_apic_id(apic_id)
+                .map_err(|e| (e, i))?;
+        }
+        Ok(())
+    }
+}
+
+impl Calls for GuestCalls<'_> {
+    fn hv_call_get_partition_id(&mut self) -> Option<&mut dyn GetPartitionId> {
+        Some(self)
+    }
+    fn hv_call_notify_long_spin_wait(&mut self) -> Option<&mut dyn NotifyLongSpinWait> {
+        Some(self)
+    }
+    fn hv_call_get_vp_registers(&mut self) -> Option<&mut dyn GetVpRegisters> {
+        Some(self)
+    }
+    fn hv_call_set_vp_registers(&mut self) -> Option<&mut dyn SetVpRegisters> {
+        Some(self)
+    }
+    fn hv_call_enable_vp_vtl(&mut self) -> Option<&mut dyn EnableVpVtl> {
+        Some(self)
+    }
+    fn hv_call_start_virtual_processor(&mut self) -> Option<&mut dyn StartVirtualProcessor> {
+        Some(self)
+    }
+    fn hv_call_get_vp_index_from_apic_id(&mut self) -> Option<&mut dyn GetVpIndexFromApicId> {
+        Some(self)
     }
 }
 
