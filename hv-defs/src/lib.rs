@@ -86,3 +86,8 @@ pub use status::{HvError, HvResult, HvStatus};
 pub use x64::{
     HvRegisterValue, InitialVpContext, SegmentAttributes, SegmentRegister, TableRegister,
 };
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -430,3 +430,8 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
         _ => unserved,
     }
 }
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

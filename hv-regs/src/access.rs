@@ -7,17 +7,22 @@ use kvm_bindings::{kvm_debugregs, kvm_regs, kvm_sregs};
 
 use crate::location::{
     activity_from_mp_state, location, mp_state_from_activity, segment_from_kvm, segment_to_kvm,
-    table_from_kvm, table_to_kvm, Debug, KvmRegister, Synthetic,
+    table_from_kvm, table_to_kvm, DebugRegister, KvmRegister, Synthetic,
 };
 use crate::validate::{validate_for, RegisterFault};
 use crate::{CpuVendor, HvRegisterName};
 
-/// A vCPU's state, grouped the way KVM's ioctls group it, plus the VP model's own
-/// registers.
+/// A vCPU's state, grouped the way KVM's ioctls group it: the seam between the
+/// HV register names and a KVM-shaped backend.
 ///
-/// The partition crate implements this over `kvm_ioctls::VcpuFd` and its VP model;
-/// the tests of this crate implement it over a bare `VcpuFd`. Every method takes
-/// `&self`, as KVM's vCPU ioctls do.
+/// [`KvmVcpu`](crate::KvmVcpu) (feature `kvm`) implements it over a
+/// `kvm_ioctls::VcpuFd`. The registers a VP model keeps rather than the vCPU
+/// (explicit and intercept suspend, VP index, VSM status, initial APIC id) are
+/// optional: a backend without a VP model leaves [`Self::get_synthetic`] and
+/// [`Self::set_synthetic`] to their defaults, and those names are refused as
+/// unknown. A backend that speaks HV names natively (MSHV) implements
+/// [`HvRegisterAccess`] instead. Every method takes `&self`, as KVM's vCPU ioctls
+/// do.
 pub trait VcpuRegisters {
     /// The backend's error (an ioctl failure, for KVM).
     type Error;
@@ -46,10 +51,17 @@ pub trait VcpuRegisters {
     fn get_mp_state(&self) -> Result<u32, Self::Error>;
     /// KVM_SET_MP_STATE.
     fn set_mp_state(&self, state: u32) -> Result<(), Self::Error>;
-    /// A register of the VP model.
-    fn get_synthetic(&self, reg: Synthetic) -> Result<u64, Self::Error>;
-    /// Writes a register of the VP model; the value has been validated.
-    fn set_synthetic(&self, reg: Synthetic, value: u64) -> Result<(), Self::Error>;
+    /// A register of the VP model; `None` if the backend has no VP model.
+    fn get_synthetic(&self, reg: Synthetic) -> Option<Result<u64, Self::Error>> {
+        let _ = reg;
+        None
+    }
+    /// Writes a register of the VP model (the value has been validated); `None`
+    /// if the backend has no VP model.
+    fn set_synthetic(&self, reg: Synthetic, value: u64) -> Option<Result<(), Self::Error>> {
+        let _ = (reg, value);
+        None
+    }
     /// The processor vendor the vCPU presents in CPUID, for the vendor-specific
     /// register rules of [`validate_for`].
     fn cpu_vendor(&self) -> CpuVendor;
@@ -108,9 +120,9 @@ pub fn get_register<V: VcpuRegisters>(
         KvmRegister::Debug(d) => {
             let dr = vcpu.get_debugregs().map_err(backend)?;
             match d {
-                Debug::Dr(n) => dr.db[(n & 3) as usize],
-                Debug::Dr6 => dr.dr6,
-                Debug::Dr7 => dr.dr7,
+                DebugRegister::Dr(n) => dr.db[(n & 3) as usize],
+                DebugRegister::Dr6 => dr.dr6,
+                DebugRegister::Dr7 => dr.dr7,
             }
             .into()
         }
@@ -119,7 +131,11 @@ pub fn get_register<V: VcpuRegisters>(
         KvmRegister::MpState => {
             activity_from_mp_state(vcpu.get_mp_state().map_err(backend)?).into()
         }
-        KvmRegister::Synthetic(s) => vcpu.get_synthetic(s).map_err(backend)?.into(),
+        KvmRegister::Synthetic(s) => vcpu
+            .get_synthetic(s)
+            .ok_or(AccessError::Fault(RegisterFault::UnknownName(name)))?
+            .map_err(backend)?
+            .into(),
     })
 }
 
@@ -159,9 +175,9 @@ pub fn set_register<V: VcpuRegisters>(
         KvmRegister::Debug(d) => {
             let mut dr = vcpu.get_debugregs().map_err(backend)?;
             match d {
-                Debug::Dr(n) => dr.db[(n & 3) as usize] = low,
-                Debug::Dr6 => dr.dr6 = low,
-                Debug::Dr7 => dr.dr7 = low,
+                DebugRegister::Dr(n) => dr.db[(n & 3) as usize] = low,
+                DebugRegister::Dr6 => dr.dr6 = low,
+                DebugRegister::Dr7 => dr.dr7 = low,
             }
             vcpu.set_debugregs(&dr).map_err(backend)
         }
@@ -177,7 +193,10 @@ pub fn set_register<V: VcpuRegisters>(
             ))?;
             vcpu.set_mp_state(mp).map_err(backend)
         }
-        KvmRegister::Synthetic(s) => vcpu.set_synthetic(s, low).map_err(backend),
+        KvmRegister::Synthetic(s) => vcpu
+            .set_synthetic(s, low)
+            .ok_or(AccessError::Fault(RegisterFault::UnknownName(name)))?
+            .map_err(backend),
     }
 }
 
@@ -244,9 +263,9 @@ pub fn set_registers<V: VcpuRegisters>(
         let mut dr = vcpu.get_debugregs().map_err(fail(Some(i0)))?;
         for (loc, &(_, value)) in locs.iter().zip(values) {
             match *loc {
-                KvmRegister::Debug(Debug::Dr(n)) => dr.db[(n & 3) as usize] = value.low,
-                KvmRegister::Debug(Debug::Dr6) => dr.dr6 = value.low,
-                KvmRegister::Debug(Debug::Dr7) => dr.dr7 = value.low,
+                KvmRegister::Debug(DebugRegister::Dr(n)) => dr.db[(n & 3) as usize] = value.low,
+                KvmRegister::Debug(DebugRegister::Dr6) => dr.dr6 = value.low,
+                KvmRegister::Debug(DebugRegister::Dr7) => dr.dr7 = value.low,
                 KvmRegister::Gpr(_)
                 | KvmRegister::Segment(_)
                 | KvmRegister::Table(_)
@@ -306,5 +325,48 @@ impl VsmVpStatus {
     /// Set of enabled VTLs, bit n for VTL n (bits 31:16).
     pub const fn enabled_vtl_set(self) -> u16 {
         ((self.0 >> 16) & 0xFFFF) as u16
+    }
+}
+
+/// Register access by HV name: the seam a VMM's hypercall or management code
+/// uses, whatever the backend. Every [`VcpuRegisters`] backend has it through the
+/// KVM mapping of this crate (validation included); a backend that speaks HV
+/// register names natively (MSHV, a VP model of one's own) implements it
+/// directly.
+pub trait HvRegisterAccess {
+    /// The backend's error.
+    type Error;
+    /// Reads `names` into `values` (same length); `Err((i, e))` if name `i`
+    /// failed, with `values[..i]` read.
+    fn get_hv_registers(
+        &self,
+        names: &[HvRegisterName],
+        values: &mut [HvRegisterValue],
+    ) -> Result<(), (usize, Self::Error)>;
+    /// Writes `registers` as one batch; `Err((i, e))` names the register that
+    /// failed.
+    fn set_hv_registers(
+        &self,
+        registers: &[(HvRegisterName, HvRegisterValue)],
+    ) -> Result<(), (usize, Self::Error)>;
+}
+
+impl<V: VcpuRegisters> HvRegisterAccess for V {
+    type Error = AccessError<V::Error>;
+    fn get_hv_registers(
+        &self,
+        names: &[HvRegisterName],
+        values: &mut [HvRegisterValue],
+    ) -> Result<(), (usize, Self::Error)> {
+        for (i, (&name, value)) in names.iter().zip(values.iter_mut()).enumerate() {
+            *value = get_register(self, name).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
+    fn set_hv_registers(
+        &self,
+        registers: &[(HvRegisterName, HvRegisterValue)],
+    ) -> Result<(), (usize, Self::Error)> {
+        set_registers(self, registers)
     }
 }

@@ -27,22 +27,38 @@
 
 mod access;
 mod context;
+#[cfg(feature = "kvm")]
+mod kvm;
 mod location;
 mod name;
 mod validate;
 mod vendor;
 
 pub use access::{
-    get_register, set_register, set_registers, AccessError, VcpuRegisters, VsmVpStatus,
+    get_register, set_register, set_registers, AccessError, HvRegisterAccess, VcpuRegisters,
+    VsmVpStatus,
 };
 pub use context::{context_registers, context_status, context_to_kvm, load_context, KvmVpContext};
+#[cfg(feature = "kvm")]
+pub use kvm::KvmVcpu;
+/// The kvm-bindings crate this one's signatures use.
+pub use kvm_bindings;
 pub use location::{
     activity_from_mp_state, location, mp_state, mp_state_from_activity, msr, segment_from_kvm,
-    segment_to_kvm, table_from_kvm, table_to_kvm, Control, Debug, Gpr, KvmRegister, Segment,
-    Synthetic, Table, ACTIVITY_HALT_SUSPEND, ACTIVITY_IDLE_SUSPEND, ACTIVITY_STARTUP_SUSPEND,
+    segment_to_kvm, table_from_kvm, table_to_kvm, Control, DebugRegister, Gpr, KvmRegister,
+    Segment, Synthetic, Table, ACTIVITY_HALT_SUSPEND, ACTIVITY_IDLE_SUSPEND,
+    ACTIVITY_STARTUP_SUSPEND,
 };
 pub use name::HvRegisterName;
 pub use validate::{
     check_control, check_segment, check_table, is_canonical, validate, validate_for, RegisterFault,
+    ACTIVITY_RESERVED, APIC_BASE_RESERVED, CR0_RESERVED, CR3_RESERVED, CR4_RESERVED, CR8_RESERVED,
+    DR6_FIXED1, DR6_RESERVED, DR7_FIXED1, DR7_RESERVED, EFER_RESERVED, RFLAGS_FIXED1,
+    RFLAGS_RESERVED, XCR0_KNOWN,
 };
 pub use vendor::CpuVendor;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -224,7 +224,7 @@ impl Control {
 
 /// A debug register in `kvm_debugregs`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Debug {
+pub enum DebugRegister {
     /// DR0..DR3: `kvm_debugregs::db[n]`.
     Dr(u8),
     /// DR6.
@@ -260,7 +260,7 @@ pub enum KvmRegister {
     /// A control field of `kvm_sregs`.
     Control(Control),
     /// A field of `kvm_debugregs` (KVM_GET/SET_DEBUGREGS).
-    Debug(Debug),
+    Debug(DebugRegister),
     /// XCR0 (KVM_GET/SET_XCRS).
     Xcr0,
     /// A model-specific register (KVM_GET/SET_MSRS) by index.
@@ -310,12 +310,12 @@ pub fn location(name: HvRegisterName) -> Option<KvmRegister> {
         HvRegisterName::CR4 => K::Control(Control::Cr4),
         HvRegisterName::CR8 => K::Control(Control::Cr8),
         HvRegisterName::XFEM => K::Xcr0,
-        HvRegisterName::DR0 => K::Debug(Debug::Dr(0)),
-        HvRegisterName::DR1 => K::Debug(Debug::Dr(1)),
-        HvRegisterName::DR2 => K::Debug(Debug::Dr(2)),
-        HvRegisterName::DR3 => K::Debug(Debug::Dr(3)),
-        HvRegisterName::DR6 => K::Debug(Debug::Dr6),
-        HvRegisterName::DR7 => K::Debug(Debug::Dr7),
+        HvRegisterName::DR0 => K::Debug(DebugRegister::Dr(0)),
+        HvRegisterName::DR1 => K::Debug(DebugRegister::Dr(1)),
+        HvRegisterName::DR2 => K::Debug(DebugRegister::Dr(2)),
+        HvRegisterName::DR3 => K::Debug(DebugRegister::Dr(3)),
+        HvRegisterName::DR6 => K::Debug(DebugRegister::Dr6),
+        HvRegisterName::DR7 => K::Debug(DebugRegister::Dr7),
         HvRegisterName::ES => K::Segment(Segment::Es),
         HvRegisterName::CS => K::Segment(Segment::Cs),
         HvRegisterName::SS => K::Segment(Segment::Ss),

@@ -7,7 +7,7 @@ use core::fmt;
 use hv_defs::{HvError, HvRegisterValue, SegmentRegister, TableRegister};
 
 use crate::location::{
-    location, mp_state_from_activity, msr, Control, Debug, Gpr, KvmRegister, Synthetic,
+    location, mp_state_from_activity, msr, Control, DebugRegister, Gpr, KvmRegister, Synthetic,
 };
 use crate::{CpuVendor, HvRegisterName};
 
@@ -359,13 +359,13 @@ fn validate_checks(
         }
         KvmRegister::Gpr(_) => Ok(()),
         KvmRegister::Control(c) => check_control(name, c, v),
-        KvmRegister::Debug(Debug::Dr(_)) => Ok(()),
-        KvmRegister::Debug(Debug::Dr6) => {
+        KvmRegister::Debug(DebugRegister::Dr(_)) => Ok(()),
+        KvmRegister::Debug(DebugRegister::Dr6) => {
             width(name, v, 32)?;
             fixed1(name, v, DR6_FIXED1)?;
             reserved(name, v, DR6_RESERVED)
         }
-        KvmRegister::Debug(Debug::Dr7) => {
+        KvmRegister::Debug(DebugRegister::Dr7) => {
             width(name, v, 32)?;
             fixed1(name, v, DR7_FIXED1)?;
             reserved(name, v, DR7_RESERVED)

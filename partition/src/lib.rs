@@ -56,3 +56,8 @@ pub use partition::{
 };
 pub use stats::{Counter, Stats};
 pub use vp::Vp;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -7,9 +7,7 @@ use std::time::Instant;
 use exit_decoder::{decode, enable_sync_regs, Access, MsrAccess, VpExit, HYPERCALL_PORT};
 use hv_defs::{HvError, HvRegisterValue, HvResult, InitialVpContext, VpIndex};
 use hv_regs::{AccessError, HvRegisterName, Synthetic, VcpuRegisters};
-use kvm_bindings::{
-    kvm_debugregs, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_xcrs, Msrs,
-};
+use kvm_bindings::{kvm_debugregs, kvm_mp_state, kvm_regs, kvm_sregs};
 use kvm_ioctls::{SyncReg, VcpuFd};
 use vp_state::Activity;
 
@@ -93,71 +91,56 @@ fn kvm<T>(r: Result<T, kvm_ioctls::Error>) -> Result<T, HvError> {
     r.map_err(|_| HvError::INVALID_PARAMETER)
 }
 
+impl RegAccess<'_> {
+    /// The KVM backend of `hv-regs` over this vCPU.
+    fn kvm(&self) -> hv_regs::KvmVcpu<'_> {
+        hv_regs::KvmVcpu {
+            fd: self.vcpu,
+            vendor: self.shared.vendor,
+        }
+    }
+}
+
+/// KVM's vCPU state through `hv_regs::KvmVcpu`, the VP model's registers from
+/// [`VpShared`]. A KVM refusal is `HV_STATUS_INVALID_PARAMETER` to the caller.
 impl VcpuRegisters for RegAccess<'_> {
     type Error = HvError;
     fn get_regs(&self) -> HvResult<kvm_regs> {
-        kvm(self.vcpu.get_regs())
+        kvm(self.kvm().get_regs())
     }
     fn set_regs(&self, regs: &kvm_regs) -> HvResult<()> {
         self.wrote_regs.set(true);
-        kvm(self.vcpu.set_regs(regs))
+        kvm(self.kvm().set_regs(regs))
     }
     fn get_sregs(&self) -> HvResult<kvm_sregs> {
-        kvm(self.vcpu.get_sregs())
+        kvm(self.kvm().get_sregs())
     }
     fn set_sregs(&self, sregs: &kvm_sregs) -> HvResult<()> {
-        kvm(self.vcpu.set_sregs(sregs))
+        kvm(self.kvm().set_sregs(sregs))
     }
     fn get_debugregs(&self) -> HvResult<kvm_debugregs> {
-        kvm(self.vcpu.get_debug_regs())
+        kvm(self.kvm().get_debugregs())
     }
     fn set_debugregs(&self, d: &kvm_debugregs) -> HvResult<()> {
-        kvm(self.vcpu.set_debug_regs(d))
+        kvm(self.kvm().set_debugregs(d))
     }
     fn get_xcr0(&self) -> HvResult<u64> {
-        let x = kvm(self.vcpu.get_xcrs())?;
-        let n = (x.nr_xcrs as usize).min(x.xcrs.len());
-        Ok(x.xcrs[..n]
-            .iter()
-            .find(|x| x.xcr == 0)
-            .map_or(0, |x| x.value))
+        kvm(self.kvm().get_xcr0())
     }
     fn set_xcr0(&self, value: u64) -> HvResult<()> {
-        let mut x = kvm_xcrs {
-            nr_xcrs: 1,
-            ..Default::default()
-        };
-        x.xcrs[0].value = value;
-        kvm(self.vcpu.set_xcrs(&x))
+        kvm(self.kvm().set_xcr0(value))
     }
     fn get_msr(&self, index: u32) -> HvResult<u64> {
-        let mut m = Msrs::from_entries(&[kvm_msr_entry {
-            index,
-            ..Default::default()
-        }])
-        .map_err(|_| HvError::INVALID_PARAMETER)?;
-        match kvm(self.vcpu.get_msrs(&mut m))? {
-            1 => Ok(m.as_slice()[0].data),
-            _ => Err(HvError::INVALID_PARAMETER),
-        }
+        kvm(self.kvm().get_msr(index))
     }
     fn set_msr(&self, index: u32, data: u64) -> HvResult<()> {
-        let m = Msrs::from_entries(&[kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        }])
-        .map_err(|_| HvError::INVALID_PARAMETER)?;
-        match kvm(self.vcpu.set_msrs(&m))? {
-            1 => Ok(()),
-            _ => Err(HvError::INVALID_PARAMETER),
-        }
+        kvm(self.kvm().set_msr(index, data))
     }
     fn get_mp_state(&self) -> HvResult<u32> {
-        Ok(kvm(self.vcpu.get_mp_state())?.mp_state)
+        kvm(self.kvm().get_mp_state())
     }
     fn set_mp_state(&self, mp_state: u32) -> HvResult<()> {
-        kvm(self.vcpu.set_mp_state(kvm_mp_state { mp_state }))?;
+        kvm(self.kvm().set_mp_state(mp_state))?;
         let mut g = self.shared.lock();
         g.state = g.state.observe(match mp_state {
             hv_regs::mp_state::HALTED => Activity::Halted,
@@ -168,11 +151,11 @@ impl VcpuRegisters for RegAccess<'_> {
         });
         Ok(())
     }
-    fn get_synthetic(&self, reg: Synthetic) -> HvResult<u64> {
-        Ok(self.shared.synthetic(reg))
+    fn get_synthetic(&self, reg: Synthetic) -> Option<HvResult<u64>> {
+        Some(Ok(self.shared.synthetic(reg)))
     }
-    fn set_synthetic(&self, reg: Synthetic, value: u64) -> HvResult<()> {
-        self.shared.set_synthetic(reg, value)
+    fn set_synthetic(&self, reg: Synthetic, value: u64) -> Option<HvResult<()>> {
+        Some(self.shared.set_synthetic(reg, value))
     }
     fn cpu_vendor(&self) -> hv_regs::CpuVendor {
         self.shared.vendor

@@ -7,10 +7,7 @@ use std::collections::HashMap;
 
 use hv_defs::{InitialVpContext, SegmentAttributes, SegmentRegister, TableRegister};
 use hv_regs::*;
-use kvm_bindings::{
-    kvm_debugregs, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs, kvm_xcrs, Msrs,
-    KVM_MAX_CPUID_ENTRIES,
-};
+use kvm_bindings::{kvm_debugregs, kvm_regs, kvm_sregs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 
 /// A bare KVM vCPU with the VP model's registers in a map.
@@ -22,85 +19,65 @@ pub struct TestVcpu {
 
 pub type E = kvm_ioctls::Error;
 
+impl TestVcpu {
+    /// The shipped KVM backend over this vCPU.
+    fn kvm(&self) -> KvmVcpu<'_> {
+        KvmVcpu {
+            fd: &self.fd,
+            vendor: self.vendor,
+        }
+    }
+}
+
+/// The KVM groups through [`KvmVcpu`]; the VP model's registers in a map.
 impl VcpuRegisters for TestVcpu {
     type Error = E;
     fn get_regs(&self) -> Result<kvm_regs, E> {
-        self.fd.get_regs()
+        self.kvm().get_regs()
     }
     fn set_regs(&self, regs: &kvm_regs) -> Result<(), E> {
-        self.fd.set_regs(regs)
+        self.kvm().set_regs(regs)
     }
     fn get_sregs(&self) -> Result<kvm_sregs, E> {
-        self.fd.get_sregs()
+        self.kvm().get_sregs()
     }
     fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), E> {
-        self.fd.set_sregs(sregs)
+        self.kvm().set_sregs(sregs)
     }
     fn get_debugregs(&self) -> Result<kvm_debugregs, E> {
-        self.fd.get_debug_regs()
+        self.kvm().get_debugregs()
     }
     fn set_debugregs(&self, d: &kvm_debugregs) -> Result<(), E> {
-        self.fd.set_debug_regs(d)
+        self.kvm().set_debugregs(d)
     }
     fn get_xcr0(&self) -> Result<u64, E> {
-        let x = self.fd.get_xcrs()?;
-        Ok(x.xcrs[..x.nr_xcrs as usize]
-            .iter()
-            .find(|x| x.xcr == 0)
-            .map_or(0, |x| x.value))
+        self.kvm().get_xcr0()
     }
     fn set_xcr0(&self, value: u64) -> Result<(), E> {
-        let mut x = kvm_xcrs {
-            nr_xcrs: 1,
-            ..Default::default()
-        };
-        x.xcrs[0].xcr = 0;
-        x.xcrs[0].value = value;
-        self.fd.set_xcrs(&x)
+        self.kvm().set_xcr0(value)
     }
     fn get_msr(&self, index: u32) -> Result<u64, E> {
-        let mut m = Msrs::from_entries(&[kvm_msr_entry {
-            index,
-            ..Default::default()
-        }])
-        .unwrap();
-        match self.fd.get_msrs(&mut m)? {
-            1 => Ok(m.as_slice()[0].data),
-            _ => Err(E::new(libc_einval())),
-        }
+        self.kvm().get_msr(index)
     }
     fn set_msr(&self, index: u32, data: u64) -> Result<(), E> {
-        let m = Msrs::from_entries(&[kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        }])
-        .unwrap();
-        match self.fd.set_msrs(&m)? {
-            1 => Ok(()),
-            _ => Err(E::new(libc_einval())),
-        }
+        self.kvm().set_msr(index, data)
     }
     fn get_mp_state(&self) -> Result<u32, E> {
-        Ok(self.fd.get_mp_state()?.mp_state)
+        self.kvm().get_mp_state()
     }
     fn set_mp_state(&self, mp_state: u32) -> Result<(), E> {
-        self.fd.set_mp_state(kvm_mp_state { mp_state })
+        self.kvm().set_mp_state(mp_state)
     }
-    fn get_synthetic(&self, reg: Synthetic) -> Result<u64, E> {
-        Ok(self.synthetic.borrow().get(&reg).copied().unwrap_or(0))
+    fn get_synthetic(&self, reg: Synthetic) -> Option<Result<u64, E>> {
+        Some(Ok(self.synthetic.borrow().get(&reg).copied().unwrap_or(0)))
     }
-    fn set_synthetic(&self, reg: Synthetic, value: u64) -> Result<(), E> {
+    fn set_synthetic(&self, reg: Synthetic, value: u64) -> Option<Result<(), E>> {
         self.synthetic.borrow_mut().insert(reg, value);
-        Ok(())
+        Some(Ok(()))
     }
     fn cpu_vendor(&self) -> CpuVendor {
         self.vendor
     }
-}
-
-fn libc_einval() -> i32 {
-    22
 }
 
 pub fn open_kvm() -> Kvm {
