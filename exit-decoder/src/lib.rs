@@ -9,11 +9,14 @@
 //! It reports; the caller decides. Reads (port IN, MMIO read, RDMSR) carry the
 //! buffer the caller fills to complete them, exactly as KVM expects.
 //!
-//! The Hyper-V hypercall page this project installs traps with a 32-bit `OUT` to a
-//! port (see [`HYPERCALL_PAGE`]); [`VpExit::is_hypercall_trap`] recognises it, and
-//! [`HypercallExit::from_regs`] decodes the TLFS register ABI (RCX control word, RDX
-//! input GPA, R8 output GPA) from the GPRs KVM syncs into `kvm_run` (enable
-//! [`enable_sync_regs`]), without a `KVM_GET_REGS` round trip.
+//! A hypercall page that traps with a 32-bit `OUT` to a port the VMM chose (the
+//! choice is the VMM's: this crate has no policy) is recognised by
+//! [`VpExit::is_hypercall_trap`], and [`HypercallExit::from_regs`] (64-bit caller)
+//! or [`HypercallExit::from_regs_x86`] (32-bit caller) decodes the TLFS register
+//! ABI from the GPRs KVM syncs into `kvm_run` (enable [`enable_sync_regs`]),
+//! without a `KVM_GET_REGS` round trip. Every exit keeps the data KVM gave:
+//! debug exits their `kvm_debug_exit_arch`, KVM's own hypercall exit its number,
+//! arguments and return slot.
 //!
 //! ```
 //! use exit_decoder::{decode, VpExit};
@@ -33,14 +36,6 @@
 use hv_defs::HypercallControl;
 use kvm_bindings::{kvm_regs, kvm_run, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES};
 use kvm_ioctls::{MsrExitReason, VcpuExit, VcpuFd};
-
-/// The hypercall page this project writes into guest memory: `out %eax, $0xE0; ret`,
-/// padded with `int3`. A 32-bit OUT to port [`HYPERCALL_PORT`] exits to user space;
-/// RCX, RDX and R8 keep the TLFS hypercall ABI and only RAX is written back.
-pub const HYPERCALL_PAGE: [u8; 3] = [0xE7, HYPERCALL_PORT as u8, 0xC3];
-
-/// The port the hypercall page traps on.
-pub const HYPERCALL_PORT: u16 = 0xE0;
 
 /// Errno values `KVM_RUN` returns when it was interrupted before entering the guest.
 const EINTR: i32 = 4;
@@ -216,8 +211,28 @@ pub enum VpExit<'a> {
         /// `KVM_MEMORY_EXIT_FLAG_*`.
         flags: u64,
     },
-    /// A KVM exception exit (KVM_EXIT_EXCEPTION / KVM_EXIT_DEBUG).
+    /// A KVM exception exit (KVM_EXIT_EXCEPTION).
     Exception,
+    /// A debug exit (KVM_EXIT_DEBUG: a guest debug event the VMM asked for with
+    /// KVM_SET_GUEST_DEBUG), with the exception, PC and debug registers.
+    Debug(kvm_bindings::kvm_debug_exit_arch),
+    /// KVM's own hypercall exit (KVM_EXIT_HYPERCALL, for the hypercalls a VMM
+    /// enabled with KVM_CAP_EXIT_HYPERCALL): write the result to `ret`.
+    KvmHypercall {
+        /// The hypercall number.
+        nr: u64,
+        /// Its arguments.
+        args: [u64; 6],
+        /// The value the guest gets back.
+        ret: &'a mut u64,
+        /// Whether the caller was in long mode.
+        longmode: bool,
+    },
+    /// An NMI window or NMI exit (KVM_EXIT_NMI).
+    Nmi,
+    /// KVM's in-kernel Hyper-V emulation exit (KVM_EXIT_HYPERV: SynIC or
+    /// hypercall); read the details from `kvm_run` once the exit's borrow ends.
+    Hyperv,
     /// Any other exit, with KVM's raw exit reason.
     Other {
         /// `KVM_EXIT_*`, or 0 if unknown.
@@ -255,8 +270,11 @@ impl VpExit<'_> {
             VpExit::UnrecoverableException => Some(R::UNRECOVERABLE_EXCEPTION),
             VpExit::InvalidVpRegisterValue { .. } => Some(R::INVALID_VP_REGISTER_VALUE),
             VpExit::Canceled => Some(R::CANCELED),
-            VpExit::Exception => Some(R::EXCEPTION),
-            VpExit::SystemEvent { .. }
+            VpExit::Exception | VpExit::Debug(_) => Some(R::EXCEPTION),
+            VpExit::KvmHypercall { .. }
+            | VpExit::Nmi
+            | VpExit::Hyperv
+            | VpExit::SystemEvent { .. }
             | VpExit::InternalError
             | VpExit::Other { .. }
             | VpExit::RunFailed { .. } => None,
@@ -320,10 +338,14 @@ pub fn decode<'a>(result: Result<VcpuExit<'a>, kvm_ioctls::Error>) -> VpExit<'a>
         VcpuExit::SystemEvent(kind, data) => VpExit::SystemEvent { kind, data },
         VcpuExit::InternalError => VpExit::InternalError,
         VcpuExit::MemoryFault { flags, gpa, size } => VpExit::MemoryFault { gpa, size, flags },
-        VcpuExit::Exception | VcpuExit::Debug(_) => VpExit::Exception,
+        VcpuExit::Exception => VpExit::Exception,
+        VcpuExit::Debug(arch) => VpExit::Debug(arch),
         VcpuExit::Unsupported(reason) => VpExit::Other { reason },
-        VcpuExit::Hypercall(_) => VpExit::Other {
-            reason: kvm_bindings::KVM_EXIT_HYPERCALL,
+        VcpuExit::Hypercall(h) => VpExit::KvmHypercall {
+            nr: h.nr,
+            args: h.args,
+            ret: h.ret,
+            longmode: h.longmode != 0,
         },
         VcpuExit::SetTpr => VpExit::Other {
             reason: kvm_bindings::KVM_EXIT_SET_TPR,
@@ -331,12 +353,8 @@ pub fn decode<'a>(result: Result<VcpuExit<'a>, kvm_ioctls::Error>) -> VpExit<'a>
         VcpuExit::TprAccess => VpExit::Other {
             reason: kvm_bindings::KVM_EXIT_TPR_ACCESS,
         },
-        VcpuExit::Nmi => VpExit::Other {
-            reason: kvm_bindings::KVM_EXIT_NMI,
-        },
-        VcpuExit::Hyperv => VpExit::Other {
-            reason: kvm_bindings::KVM_EXIT_HYPERV,
-        },
+        VcpuExit::Nmi => VpExit::Nmi,
+        VcpuExit::Hyperv => VpExit::Hyperv,
         VcpuExit::Unknown
         | VcpuExit::S390Sieic
         | VcpuExit::S390Reset
@@ -430,7 +448,7 @@ mod tests {
     #[test]
     fn every_exit_has_its_whv_reason() {
         // shared/seeds 004: WHV_RUN_VP_EXIT_REASON.
-        let (mut rd, mut m, mut e) = ([0u8; 4], 0u64, 0u8);
+        let (mut rd, mut m, mut e, mut ret) = ([0u8; 4], 0u64, 0u8, 0u64);
         let cases: Vec<(VpExit<'_>, Option<R>)> = vec![
             (
                 VpExit::MemoryAccess {
@@ -480,6 +498,18 @@ mod tests {
             ),
             (VpExit::Canceled, Some(R::CANCELED)),
             (VpExit::Exception, Some(R::EXCEPTION)),
+            (VpExit::Debug(Default::default()), Some(R::EXCEPTION)),
+            (
+                VpExit::KvmHypercall {
+                    nr: 12,
+                    args: [0; 6],
+                    ret: &mut ret,
+                    longmode: true,
+                },
+                None,
+            ),
+            (VpExit::Nmi, None),
+            (VpExit::Hyperv, None),
             (VpExit::SystemEvent { kind: 1, data: &[] }, None),
             (VpExit::InternalError, None),
             (VpExit::Other { reason: 0 }, None),

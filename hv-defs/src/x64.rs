@@ -236,6 +236,103 @@ pub struct InitialVpContext {
     pub msr_cr_pat: u64,
 }
 
+impl InitialVpContext {
+    /// A flat 64-bit context, as Linux gives its APs and a VMM gives a 64-bit
+    /// kernel: RIP and RSP as given, RFLAGS 0x2 (interrupts off), CS selector
+    /// 0x10 a long-mode code segment, DS/ES/FS/GS/SS selector 0x18 flat data, a
+    /// busy 64-bit TSS (selector 0, limit 0x67), paging on with `cr3` (CR0 PE,
+    /// MP, ET, NE, WP, AM, PG; CR4 PAE), EFER LME, LMA and NXE, and the
+    /// power-on PAT. Change what differs with the `with_*` methods or struct
+    /// update syntax.
+    ///
+    /// ```
+    /// use hv_defs::{InitialVpContext, TableRegister};
+    /// let ctx = InitialVpContext::long_mode(0x10_0000, 0x8FF0, 0x9000)
+    ///     .with_gdt(0x8000, 0x1F)
+    ///     .with_tss(0x7000);
+    /// assert_eq!(ctx.cs.attributes.0, 0xA09B);
+    /// assert_eq!(ctx.efer, 0xD00);
+    /// assert_eq!(ctx.gdtr, TableRegister { pad: [0; 3], limit: 0x1F, base: 0x8000 });
+    /// ```
+    pub const fn long_mode(rip: u64, rsp: u64, cr3: u64) -> Self {
+        let data = SegmentRegister {
+            base: 0,
+            limit: 0xFFFF_FFFF,
+            selector: 0x18,
+            attributes: SegmentAttributes(0xC093),
+        };
+        InitialVpContext {
+            rip,
+            rsp,
+            rflags: 0x2,
+            cs: SegmentRegister {
+                base: 0,
+                limit: 0xFFFF_FFFF,
+                selector: 0x10,
+                attributes: SegmentAttributes(0xA09B),
+            },
+            ds: data,
+            es: data,
+            fs: data,
+            gs: data,
+            ss: data,
+            tr: SegmentRegister {
+                base: 0,
+                limit: 0x67,
+                selector: 0,
+                attributes: SegmentAttributes(0x008B),
+            },
+            ldtr: SegmentRegister {
+                base: 0,
+                limit: 0,
+                selector: 0,
+                attributes: SegmentAttributes(0),
+            },
+            idtr: TableRegister {
+                pad: [0; 3],
+                limit: 0,
+                base: 0,
+            },
+            gdtr: TableRegister {
+                pad: [0; 3],
+                limit: 0,
+                base: 0,
+            },
+            efer: 0xD00,
+            cr0: 0x8005_0033,
+            cr3,
+            cr4: 0x20,
+            msr_cr_pat: 0x0007_0406_0007_0406,
+        }
+    }
+
+    /// The same context with the GDT at `base` (`limit` bytes minus one).
+    pub const fn with_gdt(mut self, base: u64, limit: u16) -> Self {
+        self.gdtr = TableRegister {
+            pad: [0; 3],
+            limit,
+            base,
+        };
+        self
+    }
+
+    /// The same context with the IDT at `base` (`limit` bytes minus one).
+    pub const fn with_idt(mut self, base: u64, limit: u16) -> Self {
+        self.idtr = TableRegister {
+            pad: [0; 3],
+            limit,
+            base,
+        };
+        self
+    }
+
+    /// The same context with the TSS at `base`.
+    pub const fn with_tss(mut self, base: u64) -> Self {
+        self.tr.base = base;
+        self
+    }
+}
+
 crate::assert_layout!(SegmentRegister, size 16, align 8, {
     base @ 0, limit @ 8, selector @ 12, attributes @ 14,
 });

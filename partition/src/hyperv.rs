@@ -3,6 +3,15 @@
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
+/// The port the hypercall page traps on (this crate's choice; the TLFS leaves
+/// the page's instructions to the hypervisor).
+pub const HYPERCALL_PORT: u16 = 0xE0;
+
+/// The hypercall page's code: `out %eax, $0xE0; ret` (the rest of the page is
+/// `int3`). A 32-bit OUT exits to user space with RCX, RDX and R8 (or EDX:EAX,
+/// EBX:ECX, EDI:ESI) intact; only RAX (EDX:EAX) is written back.
+pub const HYPERCALL_PAGE: [u8; 3] = [0xE7, HYPERCALL_PORT as u8, 0xC3];
+
 /// HV_X64_MSR_GUEST_OS_ID.
 pub const MSR_GUEST_OS_ID: u32 = 0x4000_0000;
 /// HV_X64_MSR_HYPERCALL.

@@ -357,7 +357,7 @@ impl Partition {
 
         let vps = (0..config.max_vps).map(|_| Mutex::new(None)).collect();
         let overlay =
-            Overlay::new(&exit_decoder::HYPERCALL_PAGE, ram).map_err(PartitionError::Overlay)?;
+            Overlay::new(&hyperv::HYPERCALL_PAGE, ram).map_err(PartitionError::Overlay)?;
         let gpa_limit = supported_cpuid
             .as_slice()
             .iter()

@@ -4,7 +4,9 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Instant;
 
-use exit_decoder::{decode, enable_sync_regs, Access, MsrAccess, VpExit, HYPERCALL_PORT};
+use exit_decoder::{decode, enable_sync_regs, Access, MsrAccess, VpExit};
+
+use crate::hyperv::HYPERCALL_PORT;
 use hv_defs::{HvError, HvRegisterValue, HvResult, InitialVpContext, VpIndex};
 use hv_regs::{AccessError, HvRegisterName, Synthetic, VcpuRegisters};
 use kvm_bindings::{kvm_debugregs, kvm_mp_state, kvm_regs, kvm_sregs};
@@ -346,6 +348,10 @@ impl Vp {
                 | VpExit::InternalError
                 | VpExit::MemoryFault { .. }
                 | VpExit::Exception
+                | VpExit::Debug(_)
+                | VpExit::KvmHypercall { .. }
+                | VpExit::Nmi
+                | VpExit::Hyperv
                 | VpExit::Other { .. }
                 | VpExit::RunFailed { .. }) => return other,
             }
@@ -614,6 +620,10 @@ pub(crate) fn exit_name(e: &VpExit<'_>) -> &'static str {
         VpExit::InternalError => "InternalError",
         VpExit::MemoryFault { .. } => "MemoryFault",
         VpExit::Exception => "Exception",
+        VpExit::Debug(_) => "Debug",
+        VpExit::KvmHypercall { .. } => "KvmHypercall",
+        VpExit::Nmi => "Nmi",
+        VpExit::Hyperv => "Hyperv",
         VpExit::Other { .. } => "Other",
         VpExit::RunFailed { .. } => "RunFailed",
     }

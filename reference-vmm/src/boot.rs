@@ -4,9 +4,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use hv_defs::{
-    HvRegisterValue, InitialVpContext, SegmentAttributes, SegmentRegister, TableRegister,
-};
+use hv_defs::{HvRegisterValue, InitialVpContext};
 use hv_regs::HvRegisterName as N;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
@@ -156,47 +154,10 @@ pub fn write_page_tables_and_gdt(mem: &GuestMemoryMmap) -> Result<(), VmmError> 
     Ok(())
 }
 
-fn seg(selector: u16, attr: u16, limit: u32) -> SegmentRegister {
-    SegmentRegister {
-        base: 0,
-        limit,
-        selector,
-        attributes: SegmentAttributes(attr),
-    }
-}
-
 /// The 64-bit state both the BSP and mailbox-woken APs start in: flat segments,
 /// the VMM's identity map, EFER.NXE set (Linux 6.12's trampoline needs it), IF=0.
 pub fn context64(rip: u64, rsp: u64) -> InitialVpContext {
-    let data = seg(0x18, 0xC093, 0xFFFF_FFFF);
-    InitialVpContext {
-        rip,
-        rsp,
-        rflags: 2,
-        cs: seg(0x10, 0xA09B, 0xFFFF_FFFF),
-        ds: data,
-        es: data,
-        fs: data,
-        gs: data,
-        ss: data,
-        tr: seg(0, 0x008B, 0x67),
-        ldtr: seg(0, 0, 0),
-        idtr: TableRegister {
-            pad: [0; 3],
-            limit: 0,
-            base: 0,
-        },
-        gdtr: TableRegister {
-            pad: [0; 3],
-            limit: 0x1F,
-            base: GDT,
-        },
-        efer: 0xD00,
-        cr0: 0x8005_0033,
-        cr3: PML4,
-        cr4: 0x20,
-        msr_cr_pat: 0x0007_0406_0007_0406,
-    }
+    InitialVpContext::long_mode(rip, rsp, PML4).with_gdt(GDT, 0x1F)
 }
 
 /// The BSP's registers, by HV name, for the 64-bit boot protocol: RIP at the

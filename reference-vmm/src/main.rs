@@ -537,6 +537,11 @@ fn vp_loop(mut vp: Vp, devices: Arc<Devices>, timeline: Arc<Timeline>) {
                 Next::Continue
             }
             VpExit::Halt | VpExit::InterruptWindow | VpExit::ApicEoi { .. } => Next::Continue,
+            // This VMM enables no KVM hypercall exits; -KVM_ENOSYS if one comes.
+            VpExit::KvmHypercall { ret, .. } => {
+                *ret = (-1000i64) as u64;
+                Next::Continue
+            }
             VpExit::Canceled => Next::Stop,
             VpExit::UnrecoverableException => {
                 devices
@@ -556,6 +561,9 @@ fn vp_loop(mut vp: Vp, devices: Arc<Devices>, timeline: Arc<Timeline>) {
             e @ (VpExit::InvalidVpRegisterValue { .. }
             | VpExit::MemoryFault { .. }
             | VpExit::Exception
+            | VpExit::Debug(_)
+            | VpExit::Nmi
+            | VpExit::Hyperv
             | VpExit::Other { .. }
             | VpExit::RunFailed { .. }) => {
                 devices

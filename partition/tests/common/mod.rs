@@ -6,8 +6,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use hv_defs::{
-    HvRegisterValue, InitialVpContext, SegmentAttributes, SegmentRegister, TableRegister, VpIndex,
-    Vtl,
+    HvRegisterValue, InitialVpContext, SegmentAttributes, SegmentRegister, VpIndex, Vtl,
 };
 use hv_regs::HvRegisterName;
 use partition::{Access, HyperVConfig, Partition, PartitionConfig, Vp, VpExit};
@@ -73,35 +72,9 @@ fn seg(selector: u16, attr: u16, base: u64, limit: u32) -> SegmentRegister {
 
 /// A 64-bit context at `rip` with stack `rsp`, flat segments and identity paging.
 pub fn ctx64(rip: u64, rsp: u64) -> InitialVpContext {
-    let data = seg(0x18, 0xC093, 0, 0xFFFF_FFFF);
-    InitialVpContext {
-        rip,
-        rsp,
-        rflags: 2,
-        cs: seg(0x10, 0xA09B, 0, 0xFFFF_FFFF),
-        ds: data,
-        es: data,
-        fs: data,
-        gs: data,
-        ss: data,
-        tr: seg(0, 0x008B, TSS, 0x67),
-        ldtr: seg(0, 0, 0, 0),
-        idtr: TableRegister {
-            pad: [0; 3],
-            limit: 0,
-            base: 0,
-        },
-        gdtr: TableRegister {
-            pad: [0; 3],
-            limit: 0x1F,
-            base: GDT,
-        },
-        efer: 0xD00,
-        cr0: 0x8005_0033,
-        cr3: PML4,
-        cr4: 0x20,
-        msr_cr_pat: 0x0007_0406_0007_0406,
-    }
+    InitialVpContext::long_mode(rip, rsp, PML4)
+        .with_gdt(GDT, 0x1F)
+        .with_tss(TSS)
 }
 
 /// The same state as HV register writes, for a boot processor set up the TLFS way.
