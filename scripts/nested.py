@@ -465,25 +465,31 @@ def suite():
     if r.returncode != 0:
         log("cargo test --no-run failed")
         return r.returncode
-    plain, with_guests, vmm = [], [], None
+    tests_by_pkg, bins_by_pkg, vmm = {}, {}, None
     for line in r.stdout.splitlines():
         j = json.loads(line)
         exe = j.get("executable") if j.get("reason") == "compiler-artifact" else None
         if not exe:
             continue
+        pkg = j["package_id"]
         if not j["profile"]["test"]:
+            if "bin" in j["target"]["kind"]:
+                bins_by_pkg.setdefault(pkg, []).append(exe)
             if j["target"]["name"] == "reference-vmm":
                 vmm = exe
             continue
-        # The reference-vmm tests boot the guests that guests/build.sh built.
-        (with_guests if "reference-vmm" in j["package_id"] else plain).append(exe)
+        tests_by_pkg.setdefault(pkg, []).append(exe)
     if vmm is None:
         log("cargo built no reference-vmm binary")
         return 1
     guests = os.path.join(REPO, "target", "guests")
-    log(f"{len(plain) + len(with_guests)} test executables; each runs in a fresh L1")
-    st = tests(sorted(plain), [], 900)
-    st |= tests(sorted(with_guests), [vmm, guests], 900)
+    log(f"{sum(map(len, tests_by_pkg.values()))} test executables; each runs in a fresh L1")
+    st = 0
+    for pkg in sorted(tests_by_pkg):
+        # A package's tests get its binaries; the reference-vmm tests also boot
+        # the guests that guests/build.sh built.
+        extra = bins_by_pkg.get(pkg, []) + ([guests] if "reference-vmm" in pkg else [])
+        st |= tests(sorted(tests_by_pkg[pkg]), extra, 900)
     st |= boots(vmm, os.path.join(guests, "busybox.cpio"), [4, 16])
     log(f"nested tier done in {time.monotonic() - t0:.0f} s")
     return st

@@ -1,0 +1,26 @@
+//! Runs the example VMM on the real /dev/kvm: its guest starts every AP with
+//! HvCallStartVirtualProcessor, and a second start of VP 1 is refused.
+
+#[test]
+fn the_guest_starts_every_ap_through_the_example_vmm() {
+    for n in [2u32, 4, 8] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hvkvm-mini-vmm"))
+            .args(["--vcpus", &n.to_string()])
+            .output()
+            .expect("run mini-vmm");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+        for i in 1..n {
+            assert!(
+                stdout.contains(&format!("VP {i} started by HvCallStartVirtualProcessor")),
+                "{stdout}"
+            );
+        }
+        // TLFS HvCallStartVirtualProcessor: a started VP is HV_STATUS_INVALID_VP_STATE.
+        assert!(
+            stdout.contains("second start of VP 1: HV_STATUS 0x0015 (INVALID_VP_STATE)"),
+            "{stdout}"
+        );
+    }
+}
