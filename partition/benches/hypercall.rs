@@ -12,8 +12,8 @@ use hv_defs::{
     HvRegisterValue, InitialVpContext, SegmentAttributes, SegmentRegister, TableRegister, VpIndex,
     Vtl,
 };
+use hv_partition::{Access, HyperVConfig, Partition, PartitionConfig, Vp, VpExit};
 use hv_regs::HvRegisterName as N;
-use partition::{Access, HyperVConfig, Partition, PartitionConfig, Vp, VpExit};
 use vm_memory::{Bytes, GuestAddress};
 
 const BATCH: u64 = 100;

@@ -21,7 +21,7 @@
 //!
 //! ```no_run
 //! use hv_defs::{VpIndex, Vtl};
-//! use partition::{HyperVConfig, Partition, PartitionConfig};
+//! use hv_partition::{HyperVConfig, Partition, PartitionConfig};
 //!
 //! let p = Partition::new(PartitionConfig {
 //!     max_vps: 2,

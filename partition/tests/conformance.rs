@@ -5,7 +5,7 @@
 //! environments, register mapping, common status codes, establishing the hypercall
 //! interface), "GPA Overlay Pages", "HvCallSetVpRegisters" and
 //! "HvCallStartVirtualProcessor". Where the TLFS leaves the answer open, the
-//! answer is the one `partition::choices` documents.
+//! answer is the one `hv_partition::choices` documents.
 
 mod common;
 
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use common::*;
 use hv_defs::{HvError, InitialVpContext, SegmentAttributes, SegmentRegister, TableRegister, Vtl};
-use partition::{HyperVConfig, Partition, PartitionConfig, PartitionError};
+use hv_partition::{HyperVConfig, Partition, PartitionConfig, PartitionError};
 use vm_memory::{Bytes, GuestAddress};
 
 const GUEST_OS_ID: u64 = 0x8100_0000_0000_0000;
@@ -266,7 +266,7 @@ fn the_hypercall_msr_follows_its_field_table() {
             vec![(0x30, PAGE_A as u32 | 3)],
         ),
         (
-            "locked: relocation is #GP (partition::choices)",
+            "locked: relocation is #GP (hv_partition::choices)",
             Asm::default()
                 .wrmsr(MSR_GUEST_OS_ID, GUEST_OS_ID)
                 .wrmsr(MSR_HYPERCALL, PAGE_A | 3)

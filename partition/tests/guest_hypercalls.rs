@@ -27,7 +27,7 @@ fn start_input(vp: VpIndex, vtl: Vtl, ctx: InitialVpContext) -> StartVirtualProc
     }
 }
 
-fn put(p: &partition::Partition, gpa: u64, bytes: &[u8]) {
+fn put(p: &hv_partition::Partition, gpa: u64, bytes: &[u8]) {
     p.memory().write_slice(bytes, GuestAddress(gpa)).unwrap();
 }
 
@@ -45,7 +45,7 @@ fn enable_hypercalls() -> Asm {
 /// Runs VP0 with `code` and VPs 1..max as APs that report when started; returns
 /// the ordered port writes of each VP.
 fn run_guest(
-    p: &std::sync::Arc<partition::Partition>,
+    p: &std::sync::Arc<hv_partition::Partition>,
     max: u32,
     code: &[u8],
 ) -> Vec<Vec<(u16, u32)>> {
@@ -523,7 +523,7 @@ fn hostile_hypercalls_get_their_status_and_the_partition_keeps_running() {
 
 #[test]
 fn cpuid_masks_hide_features() {
-    let mask = partition::CpuidMask {
+    let mask = hv_partition::CpuidMask {
         function: 0x4000_0003,
         index: 0,
         clear: [1 << 11, 0, 0, 1 << 8],
@@ -603,9 +603,9 @@ fn cpuid_leaves_and_synthetic_msrs_seen_by_the_guest() {
     let mut got = vec![];
     let end = loop {
         match v0.run() {
-            partition::VpExit::IoPortAccess {
+            hv_partition::VpExit::IoPortAccess {
                 port,
-                access: partition::Access::Write(d),
+                access: hv_partition::Access::Write(d),
             } => got.push((port, u32::from_le_bytes(d[..4].try_into().unwrap()))),
             other => break format!("{other:?}"),
         }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use hv_defs::{HvError, HvRegisterValue, VpIndex, Vtl};
+use hv_partition::{Partition, PartitionConfig, VpExit};
 use hv_regs::HvRegisterName;
-use partition::{Partition, PartitionConfig, VpExit};
 use vm_memory::{Bytes, GuestAddress};
 use vp_state::Activity;
 
@@ -149,7 +149,7 @@ fn create_vp_follows_hvcreatevp_rules() {
             hyperv: None,
             cpuid_masks: vec![],
         }),
-        Err(partition::PartitionError::VpCount { .. })
+        Err(hv_partition::PartitionError::VpCount { .. })
     ));
     assert!(matches!(
         Partition::new(PartitionConfig {
@@ -158,7 +158,7 @@ fn create_vp_follows_hvcreatevp_rules() {
             hyperv: None,
             cpuid_masks: vec![],
         }),
-        Err(partition::PartitionError::Memory(_))
+        Err(hv_partition::PartitionError::Memory(_))
     ));
 }
 

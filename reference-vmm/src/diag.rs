@@ -5,7 +5,7 @@
 //!
 //! The library crates report through the `log` facade; [`init`] installs the
 //! stderr backend for it. The VMM's own lines (errors, the `--timings` timeline,
-//! the `--stats` tables) go through [`line`].
+//! the `--stats` tables) go through [`line()`].
 
 use std::fmt;
 use std::io::Write;

@@ -20,7 +20,7 @@ use std::time::Instant;
 use clap::{Parser, ValueEnum};
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use hv_defs::{VpIndex, Vtl};
-use partition::{Access, HyperVConfig, Partition, PartitionConfig, Vp, VpExit};
+use hv_partition::{Access, HyperVConfig, Partition, PartitionConfig, Vp, VpExit};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -139,7 +139,7 @@ pub enum VmmError {
     TooLarge(u64, u64),
     /// KVM.
     #[error("{0}")]
-    Partition(#[from] partition::PartitionError),
+    Partition(#[from] hv_partition::PartitionError),
     /// A guest-memory write.
     #[error("guest memory: {0}")]
     Memory(String),
@@ -295,7 +295,7 @@ fn run(args: Args) -> Result<i32, VmmError> {
         )));
     }
     let kvm_max = kvm_ioctls::Kvm::new()
-        .map_err(partition::PartitionError::OpenKvm)?
+        .map_err(hv_partition::PartitionError::OpenKvm)?
         .get_max_vcpus()
         .min(254) as u32;
     if args.vcpus == 0 || args.vcpus > kvm_max {

@@ -1,7 +1,7 @@
 //! Hosts whose KVM runs guest kernel code in an instruction emulator (PVM): what is
 //! detected, what the VMM handles generically, and what the guest must avoid.
 
-use partition::{InternalError, Vp};
+use hv_partition::{InternalError, Vp};
 use vm_memory::{Bytes, GuestAddress};
 
 /// Kernel command-line options that keep a guest kernel off instructions PVM's
@@ -14,8 +14,8 @@ pub const PVM_CMDLINE: &str =
 /// (PV_UNHALT bit 7, PV_SEND_IPI bit 11, PV_SCHED_YIELD bit 13). Under PVM, KVM
 /// rewrites the guest's VMMCALL in place, which faults once the kernel text is
 /// read-only; hidden on such a host only.
-pub fn pvm_cpuid_masks() -> Vec<partition::CpuidMask> {
-    vec![partition::CpuidMask {
+pub fn pvm_cpuid_masks() -> Vec<hv_partition::CpuidMask> {
+    vec![hv_partition::CpuidMask {
         function: 0x4000_0001,
         index: 0,
         clear: [(1 << 7) | (1 << 11) | (1 << 13), 0, 0, 0],

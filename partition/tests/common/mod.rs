@@ -8,8 +8,8 @@ use std::sync::Arc;
 use hv_defs::{
     HvRegisterValue, InitialVpContext, SegmentAttributes, SegmentRegister, VpIndex, Vtl,
 };
+use hv_partition::{Access, HyperVConfig, Partition, PartitionConfig, Vp, VpExit};
 use hv_regs::HvRegisterName;
-use partition::{Access, HyperVConfig, Partition, PartitionConfig, Vp, VpExit};
 use vm_memory::{Bytes, GuestAddress};
 
 pub const RAM: u64 = 4 << 20;
@@ -40,7 +40,7 @@ pub fn partition(max_vps: u32, hyperv: Option<Vtl>) -> Arc<Partition> {
 pub fn partition_with(
     max_vps: u32,
     hyperv: Option<Vtl>,
-    cpuid_masks: Vec<partition::CpuidMask>,
+    cpuid_masks: Vec<hv_partition::CpuidMask>,
 ) -> Arc<Partition> {
     let p = Partition::new(PartitionConfig {
         max_vps,
@@ -243,7 +243,7 @@ pub fn run_reporting(mut vp: Vp, tx: Sender<Report>) -> Vp {
             }
             VpExit::Canceled => break,
             VpExit::InternalError => {
-                let e = partition::InternalError::from_run(vp.vcpu_mut().get_kvm_run());
+                let e = hv_partition::InternalError::from_run(vp.vcpu_mut().get_kvm_run());
                 panic!("VP {index}: internal error {e:?}");
             }
             other => panic!("VP {index}: unexpected exit {other:?}"),
