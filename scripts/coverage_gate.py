@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Per-crate line-coverage gate.
 
-Reads the JSON export of `cargo llvm-cov` and `coverage_config.json`, computes each
-crate's line coverage over that crate's own `src/` files only, and fails when a crate
-is below its minimum or more than `ratchet` points above it (raise the minimum).
+Reads one `cargo llvm-cov` JSON export per crate (COVERAGE_DIR/<dir>.json, `/` in
+the directory written as `_`), each from a run of that crate's own tests only, and
+`coverage_config.json`; computes each crate's line coverage over its own `src/`
+files, and fails when a crate is below its minimum or more than `ratchet` points
+above it (raise the minimum). Lines another crate's tests happen to reach do not
+count.
 """
 import json
 import os
@@ -12,17 +15,21 @@ import sys
 
 def main() -> int:
     if len(sys.argv) != 3:
-        print("usage: coverage_gate.py COVERAGE_JSON CONFIG_JSON", file=sys.stderr)
+        print("usage: coverage_gate.py COVERAGE_DIR CONFIG_JSON", file=sys.stderr)
         return 2
-    report = json.load(open(sys.argv[1]))
     config = json.load(open(sys.argv[2]))
     root = os.path.dirname(os.path.abspath(sys.argv[2]))
     ratchet = float(config.get("ratchet", 1.0))
-    files = report["data"][0]["files"]
     failed = False
-    print(f"{'crate':<16}{'lines':>8}{'covered':>9}{'coverage':>10}{'minimum':>9}")
+    print(f"{'crate':<20}{'lines':>8}{'covered':>9}{'coverage':>10}{'minimum':>9}")
     for crate, minimum in sorted(config["crates"].items()):
         prefix = os.path.join(root, crate, "src") + os.sep
+        path = os.path.join(sys.argv[1], crate.replace("/", "_") + ".json")
+        if not os.path.exists(path):
+            print(f"{crate}: no coverage report {path}", file=sys.stderr)
+            failed = True
+            continue
+        files = json.load(open(path))["data"][0]["files"]
         count = covered = 0
         for f in files:
             if f["filename"].startswith(prefix):
@@ -40,7 +47,7 @@ def main() -> int:
         elif pct > minimum + ratchet:
             verdict = f"  FAIL: more than {ratchet} above {minimum}; raise it to {int(pct)}"
             failed = True
-        print(f"{crate:<16}{count:>8}{covered:>9}{pct:>9.2f}%{minimum:>9}{verdict}")
+        print(f"{crate:<20}{count:>8}{covered:>9}{pct:>9.2f}%{minimum:>9}{verdict}")
     return 1 if failed else 0
 
 
