@@ -70,6 +70,7 @@ mod ids;
 mod input;
 mod regname;
 mod status;
+pub mod synthetic;
 mod x64;
 
 pub use exit::WhvRunVpExitReason;

@@ -201,7 +201,7 @@ impl StartVirtualProcessor for GuestCalls<'_> {
         if target_vtl > self.active_vtl() {
             return Err(HvError::ACCESS_DENIED);
         }
-        start_vp(self.0.partition(), &target, target_vtl, context)?;
+        start_vp(self.0.partition(), &target, target_vtl, context).map_err(|e| e.status())?;
         self.0.partition().started(target.index, target_vtl);
         Ok(())
     }

@@ -45,6 +45,7 @@
 pub mod choices;
 mod hypercall;
 pub mod hyperv;
+mod msr;
 mod overlay;
 mod partition;
 mod stats;
@@ -52,10 +53,11 @@ mod vp;
 
 pub use exit_decoder::{Access, InternalError, MsrAccess, VpExit};
 pub use partition::{
-    kick_signal, CpuidMask, HyperVConfig, Partition, PartitionConfig, PartitionError, StartObserver,
+    CpuidMask, HyperVConfig, Kick, Partition, PartitionConfig, PartitionError, PartitionOptions,
+    StartObserver, VmParts, VpError,
 };
 pub use stats::{Counter, Stats};
-pub use vp::Vp;
+pub use vp::{Handled, Vp};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -2,7 +2,7 @@
 //! state of its virtual processors.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use hv_defs::{HvError, HvResult, InitialVpContext, PartitionId, VpIndex, Vtl};
@@ -11,7 +11,9 @@ use kvm_bindings::{
     kvm_enable_cap, kvm_userspace_memory_region, CpuId, KVM_CAP_X86_USER_SPACE_MSR,
     KVM_MAX_CPUID_ENTRIES, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN,
 };
-use kvm_ioctls::{Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
+use kvm_ioctls::{
+    Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd,
+};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use vp_state::{Activity, VpState};
@@ -55,6 +57,120 @@ pub struct PartitionConfig {
     pub cpuid_masks: Vec<CpuidMask>,
 }
 
+/// How the partition gets a VP's thread out of `KVM_RUN` when another thread
+/// needs it to see a request (a start, a cancel, a suspend, a memory-slot change).
+#[derive(Clone)]
+pub enum Kick {
+    /// Send this signal to the thread inside [`Vp::run`] (the partition installs
+    /// an empty handler for it), re-sent until the thread has left `KVM_RUN`.
+    /// Pick one the VMM does not use for anything else.
+    Signal(i32),
+    /// Call this with the VP's index; the VMM gets its own vCPU thread out of
+    /// `KVM_RUN` (its signal, `immediate_exit`). For VMMs that run the vCPU in
+    /// their own loop ([`Vp::prepare_run`]).
+    Callback(Arc<dyn Fn(VpIndex) + Send + Sync>),
+}
+
+impl std::fmt::Debug for Kick {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Kick::Signal(n) => write!(f, "Kick::Signal({n})"),
+            Kick::Callback(_) => f.write_str("Kick::Callback(..)"),
+        }
+    }
+}
+
+impl Default for Kick {
+    /// `SIGRTMIN + 2` (Cloud Hypervisor kicks its vCPUs with SIGRTMIN).
+    fn default() -> Self {
+        Kick::Signal(SIGRTMIN() + 2)
+    }
+}
+
+/// The KVM-wide policies a partition applies to its VM and VPs. Each can be
+/// declined by a VMM that does it its own way; [`Default`] applies them all.
+#[derive(Clone, Debug)]
+pub struct PartitionOptions {
+    /// Create KVM's in-kernel irqchip (`KVM_CREATE_IRQCHIP`).
+    pub create_irqchip: bool,
+    /// Route unknown MSRs (and, with Hyper-V, the synthetic range) to user space
+    /// (`KVM_CAP_X86_USER_SPACE_MSR` and an MSR filter). The filter denies the
+    /// synthetic range plus [`Self::msr_filter`], the VMM's own ranges.
+    pub msr_exits: bool,
+    /// MSR ranges (first, count) the VMM wants in user space too, merged into the
+    /// partition's filter rather than replaced by it.
+    pub msr_filter: Vec<(u32, u32)>,
+    /// Set each VP's CPUID (KVM's supported set with the VP's APIC id, the Hyper-V
+    /// leaves, the masks). Off: the VMM sets it before the VP first runs.
+    pub set_cpuid: bool,
+    /// Make memory write-back by default (IA32_MTRR_DEF_TYPE 0x806) on each VP,
+    /// as firmware would; KVM resets the MTRRs to uncached.
+    pub mtrr_write_back: bool,
+    /// How VP threads are kicked.
+    pub kick: Kick,
+}
+
+impl Default for PartitionOptions {
+    fn default() -> Self {
+        PartitionOptions {
+            create_irqchip: true,
+            msr_exits: true,
+            msr_filter: vec![],
+            set_cpuid: true,
+            mtrr_write_back: true,
+            kick: Kick::default(),
+        }
+    }
+}
+
+/// A VM the VMM already created, to build a partition over
+/// ([`Partition::adopt`]): the KVM handle, the VM, its guest memory, and the
+/// memory slot the VMM registered each region of `memory` in (in region
+/// order). The partition uses slots above the highest for its hypercall overlay.
+#[derive(Debug)]
+pub struct VmParts {
+    /// `/dev/kvm`.
+    pub kvm: Kvm,
+    /// The VM.
+    pub vm: VmFd,
+    /// Its guest RAM, already registered with KVM.
+    pub memory: GuestMemoryMmap,
+    /// The KVM slot of each region of `memory`, in region order.
+    pub ram_slots: Vec<u32>,
+}
+
+/// Why a VP could not be created or started by the host: a TLFS status, or a
+/// failure of the host itself with its source.
+#[derive(Debug, thiserror::Error)]
+pub enum VpError {
+    /// What the TLFS defines (an index out of range, a VP in the wrong state, ...).
+    #[error("{0}")]
+    Status(#[from] HvError),
+    /// A KVM ioctl failed.
+    #[error("KVM refused {what}: {source}")]
+    Kvm {
+        /// What was being done.
+        what: &'static str,
+        /// The ioctl error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+}
+
+impl VpError {
+    /// The HV_STATUS a guest gets for this failure: the status itself, or
+    /// `HV_STATUS_OPERATION_FAILED` when the host failed (logged).
+    pub fn status(&self) -> HvError {
+        match self {
+            VpError::Status(e) => *e,
+            VpError::Kvm { what, source } => {
+                log::error!("KVM refused {what}: {source}");
+                HvError::OPERATION_FAILED
+            }
+        }
+    }
+}
+
 /// Why a partition could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum PartitionError {
@@ -77,6 +193,14 @@ pub enum PartitionError {
         requested: u32,
         /// KVM's limit.
         max: u32,
+    },
+    /// [`VmParts::ram_slots`] does not name one slot per memory region.
+    #[error("{regions} memory regions but {slots} memory slots")]
+    Slots {
+        /// Regions of the memory.
+        regions: usize,
+        /// Slots given.
+        slots: usize,
     },
     /// Guest memory could not be allocated or is malformed.
     #[error("guest memory: {0}")]
@@ -123,6 +247,10 @@ pub(crate) struct VpShared {
     pub index: VpIndex,
     /// The vendor the vCPU's CPUID presents, for vendor-specific register rules.
     pub vendor: hv_regs::CpuVendor,
+    /// How to get the VP's thread out of KVM_RUN.
+    pub kick: Kick,
+    /// The guest TSC frequency (HV_X64_MSR_TSC_FREQUENCY), 0 if KVM does not say.
+    pub tsc_hz: u64,
     pub inner: Mutex<VpInner>,
     pub wake: Condvar,
 }
@@ -171,21 +299,37 @@ impl VpShared {
     }
 
     /// Gets the VP's thread out of KVM_RUN, if it is in it, so it sees what was
-    /// just requested (`pending` says whether the request is still unseen). The
-    /// signal is re-sent until the thread has left KVM_RUN: one sent just before
-    /// the thread enters the ioctl would otherwise be lost.
+    /// just requested (`pending` says whether the request is still unseen). With
+    /// [`Kick::Signal`] the signal is re-sent until the thread has left KVM_RUN
+    /// (one sent just before the thread enters the ioctl would otherwise be
+    /// lost), waiting on the VP's condition variable in between, which the thread
+    /// signals as it leaves. With [`Kick::Callback`] the VMM is asked once.
     pub fn kick(&self, pending: impl Fn(&VpInner) -> bool) {
+        if let Kick::Callback(f) = &self.kick {
+            if pending(&self.lock()) {
+                log::trace!("kick VP {} (VMM callback)", self.index.0);
+                f(self.index);
+            }
+            return;
+        }
+        let Kick::Signal(signal) = self.kick else {
+            return;
+        };
+        let mut g = self.lock();
         loop {
-            let g = self.lock();
             let Some(thread) = g.in_kvm else { return };
             if !pending(&g) {
                 return;
             }
             // The thread is alive: it clears `in_kvm` under this lock before it
             // can leave its run loop.
-            let _ = ThreadHandle(thread).kill(kick_signal());
-            drop(g);
-            std::thread::sleep(Duration::from_micros(50));
+            log::trace!("kick VP {} (signal {signal})", self.index.0);
+            let _ = ThreadHandle(thread).kill(signal);
+            g = self
+                .wake
+                .wait_timeout(g, Duration::from_micros(50))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
         }
     }
 }
@@ -200,14 +344,19 @@ unsafe impl Killable for ThreadHandle {
     }
 }
 
-/// The real-time signal used to get VP threads out of KVM_RUN.
-pub fn kick_signal() -> i32 {
-    SIGRTMIN()
-}
-
 extern "C" fn kick_handler(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-static KICK_HANDLER: Once = Once::new();
+/// The signals an empty kick handler is installed for, once each.
+static KICK_HANDLERS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+fn install_kick_handler(signal: i32) -> Result<(), vmm_sys_util::errno::Error> {
+    let mut done = KICK_HANDLERS.lock().unwrap_or_else(|e| e.into_inner());
+    if !done.contains(&signal) {
+        register_signal_handler(signal, kick_handler)?;
+        done.push(signal);
+    }
+    Ok(())
+}
 static NEXT_PARTITION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A partition: a KVM VM, its guest memory, and its VPs.
@@ -222,6 +371,7 @@ pub struct Partition {
     pub(crate) vm: VmFd,
     pub(crate) memory: GuestMemoryMmap,
     pub(crate) config: PartitionConfig,
+    pub(crate) options: PartitionOptions,
     pub(crate) supported_cpuid: CpuId,
     pub(crate) id: PartitionId,
     pub(crate) vps: Vec<Mutex<Option<Arc<VpShared>>>>,
@@ -263,26 +413,21 @@ pub type StartObserver = Box<dyn Fn(VpIndex, Vtl) + Send + Sync>;
 impl Partition {
     /// Creates a partition: a KVM VM with `config.memory` as guest RAM, an
     /// in-kernel irqchip, and (with `config.hyperv`) synthetic MSR accesses routed
-    /// to user space.
+    /// to user space: [`Self::with_options`] with every policy applied.
     pub fn new(config: PartitionConfig) -> Result<Arc<Partition>, PartitionError> {
-        if let Some(h) = config.hyperv {
-            if h.boot_vtl > Vtl::MAX_X64 {
-                return Err(PartitionError::BootVtl(h.boot_vtl.0));
-            }
-        }
+        Self::with_options(config, PartitionOptions::default())
+    }
+
+    /// Creates a partition with its own KVM VM and guest memory, applying the
+    /// policies `options` selects.
+    pub fn with_options(
+        config: PartitionConfig,
+        options: PartitionOptions,
+    ) -> Result<Arc<Partition>, PartitionError> {
+        check_config(&config)?;
         let kvm = Kvm::new().map_err(PartitionError::OpenKvm)?;
-        let max = kvm.get_max_vcpus().min(u32::MAX as usize) as u32;
-        if config.max_vps == 0 || config.max_vps > max {
-            return Err(PartitionError::VpCount {
-                requested: config.max_vps,
-                max,
-            });
-        }
         let kvm_err = |what| move |source| PartitionError::Kvm { what, source };
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-
         let ranges: Vec<(GuestAddress, usize)> = config
             .memory
             .iter()
@@ -293,68 +438,150 @@ impl Partition {
         }
         let memory = GuestMemoryMmap::<()>::from_ranges(&ranges)
             .map_err(|e| PartitionError::Memory(e.to_string()))?;
-        let mut ram = Vec::new();
-        for (slot, region) in memory.iter().enumerate() {
-            let host = memory
-                .get_host_address(region.start_addr())
-                .map_err(|e| PartitionError::Memory(e.to_string()))?;
-            ram.push(RamSlot {
-                slot: slot as u32,
-                gpa: region.start_addr().0,
-                len: region.len(),
-                host: host as u64,
-            });
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
+        // Memory slots before the irqchip: a slot registered after it waits for
+        // an SRCU grace period (milliseconds), one registered before does not.
+        let ram = ram_slots(
+            &memory,
+            &(0..memory.num_regions() as u32).collect::<Vec<_>>(),
+        )?;
+        for r in &ram {
+            let region = kvm_userspace_memory_region {
+                slot: r.slot,
                 flags: 0,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
+                guest_phys_addr: r.gpa,
+                memory_size: r.len,
+                userspace_addr: r.host,
             };
             // SAFETY: the region is mapped for `len` bytes at `host` and is owned by
             // `memory`, which the partition keeps for as long as the VM exists.
-            unsafe { vm.set_user_memory_region(r) }
+            unsafe { vm.set_user_memory_region(region) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
+        Self::finish(kvm, vm, memory, ram, config, options)
+    }
 
-        // Unknown MSRs (and, with Hyper-V, the filtered synthetic range) exit to
-        // user space instead of raising #GP in the kernel.
-        if kvm.check_extension(Cap::X86UserSpaceMsr) {
-            let cap = kvm_enable_cap {
-                cap: KVM_CAP_X86_USER_SPACE_MSR,
-                args: [
-                    (KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER) as u64,
-                    0,
-                    0,
-                    0,
-                ],
-                ..Default::default()
-            };
-            vm.enable_cap(&cap)
-                .map_err(kvm_err("KVM_CAP_X86_USER_SPACE_MSR"))?;
+    /// Builds a partition over a VM the VMM created and whose memory it
+    /// registered ([`VmParts`]); `config.memory` must name the same regions.
+    /// `options` says which KVM-wide policies the partition may apply (the
+    /// irqchip, MSR exits merged with the VMM's filter, CPUID, MTRRs, the kick).
+    ///
+    /// ```no_run
+    /// use hv_partition::{HyperVConfig, Kick, Partition, PartitionConfig, PartitionOptions, VmParts};
+    /// use vm_memory::{GuestAddress, GuestMemoryMmap};
+    ///
+    /// let kvm = kvm_ioctls::Kvm::new().unwrap();
+    /// let vm = kvm.create_vm().unwrap();
+    /// let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+    /// // ... the VMM registers `memory` as slot 0, creates its irqchip ...
+    /// let p = Partition::adopt(
+    ///     VmParts { kvm, vm, memory, ram_slots: vec![0] },
+    ///     PartitionConfig {
+    ///         max_vps: 2,
+    ///         memory: vec![(0, 64 << 20)],
+    ///         hyperv: Some(HyperVConfig { boot_vtl: hv_defs::Vtl::VTL0 }),
+    ///         cpuid_masks: vec![],
+    ///     },
+    ///     PartitionOptions {
+    ///         create_irqchip: false,
+    ///         kick: Kick::Callback(std::sync::Arc::new(|_vp| { /* the VMM's kick */ })),
+    ///         ..Default::default()
+    ///     },
+    /// )
+    /// .unwrap();
+    /// # drop(p);
+    /// ```
+    pub fn adopt(
+        parts: VmParts,
+        config: PartitionConfig,
+        options: PartitionOptions,
+    ) -> Result<Arc<Partition>, PartitionError> {
+        check_config(&config)?;
+        let VmParts {
+            kvm,
+            vm,
+            memory,
+            ram_slots: slots,
+        } = parts;
+        let regions: Vec<(u64, u64)> = memory.iter().map(|r| (r.start_addr().0, r.len())).collect();
+        if regions != config.memory {
+            return Err(PartitionError::Memory(format!(
+                "config.memory {:x?} does not describe the adopted memory {regions:x?}",
+                config.memory
+            )));
         }
-        if config.hyperv.is_some() {
-            // Deny the synthetic range in the kernel, so a host kernel with its own
-            // Hyper-V emulation does not answer it.
-            let bitmap = vec![0u8; (hyperv::MSR_COUNT / 8) as usize];
-            let range = MsrFilterRange {
-                flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
-                base: hyperv::MSR_FIRST,
-                msr_count: hyperv::MSR_COUNT,
-                bitmap: &bitmap,
-            };
-            vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
-                .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
+        let ram = ram_slots(&memory, &slots)?;
+        Self::finish(kvm, vm, memory, ram, config, options)
+    }
+
+    /// What both constructors share once the VM and its memory exist.
+    fn finish(
+        kvm: Kvm,
+        vm: VmFd,
+        memory: GuestMemoryMmap,
+        ram: Vec<RamSlot>,
+        config: PartitionConfig,
+        options: PartitionOptions,
+    ) -> Result<Arc<Partition>, PartitionError> {
+        let max = kvm.get_max_vcpus().min(u32::MAX as usize) as u32;
+        if config.max_vps == 0 || config.max_vps > max {
+            return Err(PartitionError::VpCount {
+                requested: config.max_vps,
+                max,
+            });
+        }
+        let kvm_err = |what| move |source| PartitionError::Kvm { what, source };
+        if options.create_irqchip {
+            vm.create_irq_chip()
+                .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        }
+        if options.msr_exits {
+            // Unknown MSRs (and the filtered ranges) exit to user space instead of
+            // raising #GP in the kernel.
+            if kvm.check_extension(Cap::X86UserSpaceMsr) {
+                let cap = kvm_enable_cap {
+                    cap: KVM_CAP_X86_USER_SPACE_MSR,
+                    args: [
+                        (KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER) as u64,
+                        0,
+                        0,
+                        0,
+                    ],
+                    ..Default::default()
+                };
+                vm.enable_cap(&cap)
+                    .map_err(kvm_err("KVM_CAP_X86_USER_SPACE_MSR"))?;
+            }
+            // Deny the synthetic range in the kernel (a host kernel with its own
+            // Hyper-V emulation must not answer it) and the VMM's own ranges.
+            let mut ranges: Vec<(u32, u32)> = options.msr_filter.clone();
+            if config.hyperv.is_some() {
+                ranges.push((hyperv::MSR_FIRST, hyperv::MSR_COUNT));
+            }
+            if !ranges.is_empty() {
+                let bitmaps: Vec<Vec<u8>> = ranges
+                    .iter()
+                    .map(|&(_, n)| vec![0u8; n.div_ceil(8) as usize])
+                    .collect();
+                let filter: Vec<MsrFilterRange<'_>> = ranges
+                    .iter()
+                    .zip(&bitmaps)
+                    .map(|(&(base, msr_count), bitmap)| MsrFilterRange {
+                        flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                        base,
+                        msr_count,
+                        bitmap,
+                    })
+                    .collect();
+                vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &filter)
+                    .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
+            }
         }
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-
-        let mut handler_result = Ok(());
-        KICK_HANDLER
-            .call_once(|| handler_result = register_signal_handler(kick_signal(), kick_handler));
-        handler_result.map_err(PartitionError::Signal)?;
-
+        if let Kick::Signal(signal) = options.kick {
+            install_kick_handler(signal).map_err(PartitionError::Signal)?;
+        }
         let vps = (0..config.max_vps).map(|_| Mutex::new(None)).collect();
         let overlay =
             Overlay::new(&hyperv::HYPERCALL_PAGE, ram).map_err(PartitionError::Overlay)?;
@@ -368,6 +595,7 @@ impl Partition {
             vm,
             memory,
             config,
+            options,
             supported_cpuid,
             id: PartitionId(NEXT_PARTITION_ID.fetch_add(1, Ordering::Relaxed)),
             vps,
@@ -416,26 +644,46 @@ impl Partition {
         self.config.hyperv.map_or(Vtl::VTL0, |h| h.boot_vtl)
     }
 
-    /// Creates VP `index` (HvCreateVp): `HV_STATUS_INVALID_VP_INDEX` if the index is
-    /// not below `max_vps` or the VP exists. The VP starts with explicit suspend
+    /// Creates VP `index` (HvCreateVp) with a vCPU of its own:
+    /// `HV_STATUS_INVALID_VP_INDEX` if the index is not below `max_vps` or the VP
+    /// exists; a KVM failure with its source. The VP starts with explicit suspend
     /// set; VP 0 is ready, every other VP waits for a SIPI or a start. The returned
     /// handle is run by one thread.
-    pub fn create_vp(self: &Arc<Self>, index: VpIndex) -> HvResult<Vp> {
-        let slot = self
-            .vps
-            .get(index.0 as usize)
-            .ok_or(HvError::INVALID_VP_INDEX)?;
-        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_some() {
-            return Err(HvError::INVALID_VP_INDEX);
-        }
+    pub fn create_vp(self: &Arc<Self>, index: VpIndex) -> Result<Vp, VpError> {
+        self.check_new_vp(index)?;
         let vcpu = self
             .vm
             .create_vcpu(index.0 as u64)
-            .map_err(|_| HvError::NO_RESOURCES)?;
-        let cpuid = self.vp_cpuid(index);
-        vcpu.set_cpuid2(&cpuid)
-            .map_err(|_| HvError::OPERATION_FAILED)?;
+            .map_err(|source| VpError::Kvm {
+                what: "KVM_CREATE_VCPU",
+                source,
+            })?;
+        self.adopt_vp(index, vcpu)
+    }
+
+    /// Makes VP `index` of a vCPU the VMM created (with `KVM_CREATE_VCPU` on this
+    /// partition's VM, id `index`). With [`PartitionOptions::set_cpuid`] its CPUID
+    /// is set here; otherwise the VMM has set it already.
+    pub fn adopt_vp(self: &Arc<Self>, index: VpIndex, vcpu: VcpuFd) -> Result<Vp, VpError> {
+        // Held until the VP is recorded: of two creations of one index, one wins.
+        let mut slot = self
+            .vps
+            .get(index.0 as usize)
+            .ok_or(HvError::INVALID_VP_INDEX)?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return Err(HvError::INVALID_VP_INDEX.into());
+        }
+        let kvm_err = |what| move |source| VpError::Kvm { what, source };
+        let cpuid = if self.options.set_cpuid {
+            let cpuid = self.vp_cpuid(index);
+            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            cpuid
+        } else {
+            vcpu.get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+                .map_err(kvm_err("KVM_GET_CPUID2"))?
+        };
         let vendor = cpuid
             .as_slice()
             .iter()
@@ -446,8 +694,10 @@ impl Partition {
         let shared = Arc::new(VpShared {
             index,
             vendor,
+            kick: self.options.kick.clone(),
+            tsc_hz: vcpu.get_tsc_khz().map_or(0, |khz| khz as u64 * 1000),
             inner: Mutex::new(VpInner {
-                // Partition::new refused a boot VTL above 2.
+                // The constructors refused a boot VTL above 2.
                 state: VpState::new(index, self.boot_vtl())?,
                 pending_start: None,
                 cancel: false,
@@ -458,8 +708,21 @@ impl Partition {
             }),
             wake: Condvar::new(),
         });
-        *slot = Some(shared.clone());
-        Vp::new(self.clone(), shared, vcpu)
+        let vp = Vp::new(self.clone(), shared.clone(), vcpu)?;
+        *slot = Some(shared);
+        Ok(vp)
+    }
+
+    /// `HV_STATUS_INVALID_VP_INDEX` unless VP `index` may be created.
+    fn check_new_vp(&self, index: VpIndex) -> HvResult<()> {
+        let slot = self
+            .vps
+            .get(index.0 as usize)
+            .ok_or(HvError::INVALID_VP_INDEX)?;
+        if slot.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            return Err(HvError::INVALID_VP_INDEX);
+        }
+        Ok(())
     }
 
     /// The CPUID of VP `index`: KVM's supported set with the VP's APIC id, the
@@ -523,7 +786,7 @@ impl Partition {
     /// KVM refuses there (a CR4 bit the CPUID does not offer, CR3 above
     /// MAXPHYADDR, ...) the target could not load either. Refusals are
     /// `HV_STATUS_INVALID_REGISTER_VALUE`; a scratch VM the host cannot provide
-    /// is `HV_STATUS_INSUFFICIENT_MEMORY`.
+    /// is a host error with its source.
     fn check_context_loads(&self, context: &InitialVpContext) -> HvResult<()> {
         let mut trial = self.trial.lock().unwrap_or_else(|e| e.into_inner());
         if trial.is_none() {
@@ -582,7 +845,7 @@ impl Partition {
         index: VpIndex,
         vtl: Vtl,
         context: &InitialVpContext,
-    ) -> HvResult<()> {
+    ) -> Result<(), VpError> {
         let vp = self.vp_shared(index).ok_or(HvError::INVALID_VP_INDEX)?;
         start_vp(self, &vp, vtl, context)?;
         self.started(index, vtl);
@@ -658,7 +921,7 @@ pub(crate) fn start_vp(
     vp: &VpShared,
     vtl: Vtl,
     context: &InitialVpContext,
-) -> HvResult<()> {
+) -> Result<(), VpError> {
     {
         let mut g = vp.lock();
         let started = g.state.start(vtl)?;
@@ -672,4 +935,39 @@ pub(crate) fn start_vp(
     vp.wake.notify_all();
     vp.kick(|g| g.pending_start.is_some());
     Ok(())
+}
+
+/// The checks on a configuration that need no KVM.
+fn check_config(config: &PartitionConfig) -> Result<(), PartitionError> {
+    if let Some(h) = config.hyperv {
+        if h.boot_vtl > Vtl::MAX_X64 {
+            return Err(PartitionError::BootVtl(h.boot_vtl.0));
+        }
+    }
+    Ok(())
+}
+
+/// Each region of `memory` with the KVM slot it is registered in.
+fn ram_slots(memory: &GuestMemoryMmap, slots: &[u32]) -> Result<Vec<RamSlot>, PartitionError> {
+    if slots.len() != memory.num_regions() {
+        return Err(PartitionError::Slots {
+            regions: memory.num_regions(),
+            slots: slots.len(),
+        });
+    }
+    memory
+        .iter()
+        .zip(slots)
+        .map(|(region, &slot)| {
+            let host = memory
+                .get_host_address(region.start_addr())
+                .map_err(|e| PartitionError::Memory(e.to_string()))?;
+            Ok(RamSlot {
+                slot,
+                gpa: region.start_addr().0,
+                len: region.len(),
+                host: host as u64,
+            })
+        })
+        .collect()
 }

@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::Instant;
 
-use exit_decoder::{decode, enable_sync_regs, Access, MsrAccess, VpExit};
+use exit_decoder::{decode, enable_sync_regs, Access, VpExit};
 
 use crate::hyperv::HYPERCALL_PORT;
 use hv_defs::{HvError, HvRegisterValue, HvResult, InitialVpContext, VpIndex};
@@ -13,7 +13,6 @@ use kvm_bindings::{kvm_debugregs, kvm_mp_state, kvm_regs, kvm_sregs};
 use kvm_ioctls::{SyncReg, VcpuFd};
 use vp_state::Activity;
 
-use crate::hyperv;
 use crate::partition::{Partition, VpShared};
 
 /// IA32_MTRR_DEF_TYPE.
@@ -27,9 +26,15 @@ const RFLAGS_VM: u64 = 1 << 17;
 /// #UD and #GP.
 const VECTOR_UD: u8 = 6;
 const VECTOR_GP: u8 = 13;
-/// HV_X64_MSR_HYPERCALL: enable (bit 0), locked (bit 1), RsvdP (bits 11:2).
-const HYPERCALL_ENABLE: u64 = 1;
-const HYPERCALL_LOCKED: u64 = 1 << 1;
+
+/// What the partition did with an exit a VMM's own run loop handed it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// The partition served it; run the VP again.
+    Served,
+    /// Not the partition's: the VMM handles it as it would without one.
+    NotMine,
+}
 
 /// What a 4-byte OUT to the trap port is, by where and how it was executed.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -63,7 +68,6 @@ pub struct Vp {
     shared: Arc<VpShared>,
     vcpu: VcpuFd,
     sync: SyncDirty,
-    tsc_hz: u64,
     /// Set when the VP's own GPRs were written with KVM_SET_REGS while a hypercall
     /// was served, so the exit-time copy in `kvm_run` is stale.
     wrote_regs: Cell<bool>,
@@ -176,25 +180,29 @@ impl Vp {
         partition: Arc<Partition>,
         shared: Arc<VpShared>,
         mut vcpu: VcpuFd,
-    ) -> HvResult<Vp> {
+    ) -> Result<Vp, crate::VpError> {
         enable_sync_regs(&mut vcpu);
         // The hypercall trap checks the caller's mode and CPL without an ioctl.
         vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
-        // KVM resets the MTRRs to uncached; make memory write-back as firmware would.
+        if partition.options.mtrr_write_back {
+            // KVM resets the MTRRs to uncached; make memory write-back as firmware
+            // would.
+            hv_regs::KvmVcpu {
+                fd: &vcpu,
+                vendor: shared.vendor,
+            }
+            .set_msr(MSR_MTRR_DEF_TYPE, 0x806)
+            .map_err(|source| crate::VpError::Kvm {
+                what: "KVM_SET_MSRS (IA32_MTRR_DEF_TYPE)",
+                source,
+            })?;
+        }
         let wrote_regs = Cell::new(false);
-        let access = RegAccess {
-            vcpu: &vcpu,
-            shared: &shared,
-            wrote_regs: &wrote_regs,
-        };
-        access.set_msr(MSR_MTRR_DEF_TYPE, 0x806)?;
-        let tsc_hz = vcpu.get_tsc_khz().map_or(0, |khz| khz as u64 * 1000);
         Ok(Vp {
             partition,
             shared,
             vcpu,
             sync: SyncDirty::Clean,
-            tsc_hz,
             wrote_regs,
             port_write: [0; 4],
             page_translation: Cell::new(None),
@@ -325,10 +333,13 @@ impl Vp {
                     continue;
                 }
             }
-            match exit {
-                VpExit::MsrAccess(ref mut m) if hyperv && hyperv::is_synthetic(m.index) => {
-                    self.synthetic_msr(m);
+            if let VpExit::MsrAccess(ref mut m) = exit {
+                // `exit` is not used past this point if the partition served it.
+                if self.partition.handle_msr(self.shared.index, m) == Handled::Served {
+                    continue;
                 }
+            }
+            match exit {
                 VpExit::Canceled => {
                     let mut g = self.shared.lock();
                     if g.cancel {
@@ -356,6 +367,72 @@ impl Vp {
                 | VpExit::RunFailed { .. }) => return other,
             }
         }
+    }
+
+    /// For a VMM that runs the vCPU in its own loop: call before each `KVM_RUN`
+    /// on [`Self::vcpu_for_run`]. It loads a context a start handed over, waits
+    /// while the VP is suspended, and returns `Some(exit)` (canceled) if the VP
+    /// must not run now. Pair it with [`Self::finish_run`] after `KVM_RUN`.
+    ///
+    /// ```no_run
+    /// # fn vmm_loop(mut vp: hv_partition::Vp) {
+    /// use exit_decoder::{decode, VpExit};
+    /// use hv_partition::{hyperv::HYPERCALL_PORT, Handled};
+    /// loop {
+    ///     if vp.prepare_run().is_some() {
+    ///         break; // canceled
+    ///     }
+    ///     let partition = vp.partition().clone();
+    ///     let index = vp.index();
+    ///     let trap = match decode(vp.vcpu_for_run().run()) {
+    ///         VpExit::IoPortAccess { port: HYPERCALL_PORT, .. } => true,
+    ///         VpExit::MsrAccess(mut m) => {
+    ///             if partition.handle_msr(index, &mut m) == Handled::NotMine {
+    ///                 *m.error = 1; // the VMM's own MSRs would go here
+    ///             }
+    ///             false
+    ///         }
+    ///         _ => false, // the VMM's devices
+    ///     };
+    ///     vp.finish_run();
+    ///     if trap && vp.serve_trap_port() == Handled::NotMine {
+    ///         // a plain port write to the trap port: the VMM's
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn prepare_run(&mut self) -> Option<VpExit<'static>> {
+        self.before_run()
+    }
+
+    /// The vCPU, for the `KVM_RUN` of a VMM's own loop (between
+    /// [`Self::prepare_run`] and [`Self::finish_run`]). Unlike [`Self::vcpu_mut`]
+    /// it leaves a pending hypercall result in the synced registers, where
+    /// `KVM_RUN` loads it.
+    pub fn vcpu_for_run(&mut self) -> &mut VcpuFd {
+        &mut self.vcpu
+    }
+
+    /// For a VMM that runs the vCPU in its own loop: call after each `KVM_RUN`.
+    pub fn finish_run(&mut self) {
+        self.after_run();
+    }
+
+    /// For a VMM that runs the vCPU in its own loop: after an exit that wrote to
+    /// [`hyperv::HYPERCALL_PORT`] (once the exit's borrow has ended). A hypercall
+    /// from the hypercall page is served (its result loads on the next
+    /// `KVM_RUN`) and one from an illegal mode gets #UD: [`Handled::Served`]. A
+    /// write from anywhere else is [`Handled::NotMine`]: plain port I/O.
+    pub fn serve_trap_port(&mut self) -> Handled {
+        if self.partition.config.hyperv.is_none() {
+            return Handled::NotMine;
+        }
+        match self.trap() {
+            Trap::Serve { long } => self.handle_hypercall(long),
+            Trap::Undefined => self.inject_exception(VECTOR_UD, None),
+            Trap::PortIo => return Handled::NotMine,
+        }
+        Handled::Served
     }
 
     /// Serves requests and waits until the VP may enter KVM_RUN. `Some(exit)` if
@@ -411,6 +488,9 @@ impl Vp {
         if let Ok(s) = g.state.exit_run() {
             g.state = s;
         }
+        drop(g);
+        // A kicking thread waits for this.
+        self.shared.wake.notify_all();
     }
 
     fn load_start_context(&mut self, ctx: &InitialVpContext) -> HvResult<()> {
@@ -515,87 +595,6 @@ impl Vp {
                 self.index().0
             );
         }
-    }
-
-    /// Serves a synthetic MSR access. Must not touch `self.vcpu` (see `run`).
-    fn synthetic_msr(&self, m: &mut MsrAccess<'_>) {
-        let value = match (m.index, m.written) {
-            (hyperv::MSR_GUEST_OS_ID, None) => Some(self.hv().guest_os_id),
-            (hyperv::MSR_GUEST_OS_ID, Some(v)) => {
-                let mut hv = self.hv();
-                hv.guest_os_id = v;
-                if v == 0 && hv.hypercall & HYPERCALL_ENABLE != 0 {
-                    // Clearing the guest OS id disables the hypercall page.
-                    if self.partition.place_hypercall_overlay(None).is_err() {
-                        *m.error = 1;
-                        return;
-                    }
-                    hv.hypercall &= !HYPERCALL_ENABLE;
-                }
-                None
-            }
-            (hyperv::MSR_HYPERCALL, None) => Some(self.hv().hypercall),
-            (hyperv::MSR_HYPERCALL, Some(v)) => match self.write_hypercall_msr(v) {
-                Ok(()) => None,
-                Err(()) => {
-                    *m.error = 1;
-                    return;
-                }
-            },
-            (hyperv::MSR_VP_INDEX, None) => Some(self.shared.index.0 as u64),
-            (hyperv::MSR_TSC_FREQUENCY, None) => Some(self.tsc_hz),
-            (hyperv::MSR_APIC_FREQUENCY, None) => Some(1_000_000_000),
-            (hyperv::MSR_VP_ASSIST_PAGE, None) => Some(self.shared.lock().vp_assist_page),
-            (hyperv::MSR_VP_ASSIST_PAGE, Some(v)) => {
-                self.shared.lock().vp_assist_page = v;
-                None
-            }
-            (hyperv::MSR_TSC_INVARIANT_CONTROL, None) => Some(self.hv().tsc_invariant_control),
-            (hyperv::MSR_TSC_INVARIANT_CONTROL, Some(v)) if v & !1 == 0 => {
-                self.hv().tsc_invariant_control = v;
-                None
-            }
-            _ => {
-                *m.error = 1;
-                return;
-            }
-        };
-        if let (Some(v), Some(out)) = (value, m.read.as_deref_mut()) {
-            *out = v;
-        }
-    }
-
-    fn hv(&self) -> std::sync::MutexGuard<'_, crate::partition::HvPartitionState> {
-        self.partition.hv.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// HV_X64_MSR_HYPERCALL (TLFS "Establishing the Hypercall Interface"): bit 0
-    /// enables the page at the GPFN in bits 63:12, bit 1 locks the MSR, bits 11:2
-    /// are RsvdP (kept as written). The page is an overlay mapped read-only over
-    /// whatever is at that GPA, RAM or nothing. `Err` means #GP: a GPFN beyond
-    /// the GPA space, a write that changes a locked MSR (see [`crate::choices`]),
-    /// or a host failure to map the page.
-    fn write_hypercall_msr(&self, v: u64) -> Result<(), ()> {
-        let mut hv = self.hv();
-        if hv.hypercall & HYPERCALL_LOCKED != 0 {
-            return if v == hv.hypercall { Ok(()) } else { Err(()) };
-        }
-        let gpa = v & !0xFFF;
-        if gpa >= self.partition.gpa_limit() {
-            return Err(());
-        }
-        let mut value = v;
-        if hv.guest_os_id == 0 {
-            // Without a guest OS id the enable bit stays zero.
-            value &= !HYPERCALL_ENABLE;
-        }
-        let place = (value & HYPERCALL_ENABLE != 0).then_some(gpa);
-        if let Err(e) = self.partition.place_hypercall_overlay(place) {
-            log::error!("cannot map the hypercall page at {gpa:#x}: {e}");
-            return Err(());
-        }
-        hv.hypercall = value;
-        Ok(())
     }
 
     pub(crate) fn shared(&self) -> &Arc<VpShared> {

@@ -562,7 +562,8 @@ fn start_refuses_a_context_kvm_cannot_load_and_leaves_the_target_unstarted() {
     ];
     for (case, ctx) in cases {
         assert_eq!(
-            p.start_virtual_processor(vp(1), Vtl::VTL0, &ctx),
+            p.start_virtual_processor(vp(1), Vtl::VTL0, &ctx)
+                .map_err(|e| e.status()),
             Err(HvError::INVALID_REGISTER_VALUE),
             "{case}"
         );

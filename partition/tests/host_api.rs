@@ -84,7 +84,8 @@ fn four_vps_started_by_the_host_report_in_64_bit_mode() {
     }
     for i in 1..4 {
         assert_eq!(
-            p.start_virtual_processor(vp(i), Vtl::VTL0, &ctx64(CODE, stack(i))),
+            p.start_virtual_processor(vp(i), Vtl::VTL0, &ctx64(CODE, stack(i)))
+                .map_err(|e| e.status()),
             Err(HvError::INVALID_VP_STATE),
             "a VP starts at most once"
         );
@@ -96,17 +97,17 @@ fn create_vp_follows_hvcreatevp_rules() {
     let p = partition(2, None);
     let _v0 = p.create_vp(vp(0)).unwrap();
     assert_eq!(
-        p.create_vp(vp(0)).err(),
+        p.create_vp(vp(0)).err().map(|e| e.status()),
         Some(HvError::INVALID_VP_INDEX),
         "duplicate"
     );
     assert_eq!(
-        p.create_vp(vp(2)).err(),
+        p.create_vp(vp(2)).err().map(|e| e.status()),
         Some(HvError::INVALID_VP_INDEX),
         "out of range"
     );
     assert_eq!(
-        p.create_vp(VpIndex::SELF).err(),
+        p.create_vp(VpIndex::SELF).err().map(|e| e.status()),
         Some(HvError::INVALID_VP_INDEX)
     );
     let _v1 = p.create_vp(vp(1)).unwrap();
@@ -116,17 +117,20 @@ fn create_vp_follows_hvcreatevp_rules() {
     assert_eq!(p.vp_index_from_apic_id(1), Ok(vp(1)));
     assert_eq!(p.vp_index_from_apic_id(9), Err(HvError::INVALID_PARAMETER));
     assert_eq!(
-        p.start_virtual_processor(vp(0), Vtl::VTL0, &ctx64(CODE, 0)),
+        p.start_virtual_processor(vp(0), Vtl::VTL0, &ctx64(CODE, 0))
+            .map_err(|e| e.status()),
         Err(HvError::INVALID_VP_STATE)
     );
     assert_eq!(
-        p.start_virtual_processor(vp(5), Vtl::VTL0, &ctx64(CODE, 0)),
+        p.start_virtual_processor(vp(5), Vtl::VTL0, &ctx64(CODE, 0))
+            .map_err(|e| e.status()),
         Err(HvError::INVALID_VP_INDEX)
     );
     let mut bad = ctx64(CODE, 0);
     bad.cr0 = 0x8000_0000;
     assert_eq!(
-        p.start_virtual_processor(vp(1), Vtl::VTL0, &bad),
+        p.start_virtual_processor(vp(1), Vtl::VTL0, &bad)
+            .map_err(|e| e.status()),
         Err(HvError::INVALID_REGISTER_VALUE)
     );
     assert_eq!(
@@ -266,6 +270,7 @@ fn concurrent_starts_of_one_vp_exactly_one_wins() {
                 thread::spawn(move || {
                     b.wait();
                     p.start_virtual_processor(vp(1), Vtl::VTL0, &ctx64(CODE, stack(1)))
+                        .map_err(|e| e.status())
                 })
             })
             .collect::<Vec<_>>()
@@ -356,7 +361,8 @@ fn an_ap_started_by_init_sipi_in_kvms_lapic_is_tracked_by_the_vp_model() {
     let s = p.vp_state(vp(1)).unwrap();
     assert!(s.started() && s.activity() == Activity::Runnable, "{s:?}");
     assert_eq!(
-        p.start_virtual_processor(vp(1), Vtl::VTL0, &ctx64(CODE, stack(1))),
+        p.start_virtual_processor(vp(1), Vtl::VTL0, &ctx64(CODE, stack(1)))
+            .map_err(|e| e.status()),
         Err(HvError::INVALID_VP_STATE),
         "a VP started by SIPI is started"
     );

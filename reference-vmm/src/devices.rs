@@ -230,6 +230,7 @@ impl Devices {
         let r = self
             .partition
             .vp_index_from_apic_id(apic_id)
+            .map_err(hv_partition::VpError::from)
             .and_then(|vp: VpIndex| {
                 self.partition
                     .start_virtual_processor(vp, Vtl::VTL0, &context64(vector, 0))
