@@ -49,7 +49,12 @@ pub fn partition_with(
         cpuid_masks,
     })
     .unwrap_or_else(|e| panic!("{e}: the partition tests need /dev/kvm"));
-    let m = p.memory();
+    write_tables(p.memory());
+    p
+}
+
+/// The identity map (1 GiB, 2 MiB pages) and GDT every test guest uses.
+pub fn write_tables(m: &vm_memory::GuestMemoryMmap) {
     m.write_obj(PDPT | 3, GuestAddress(PML4)).unwrap();
     m.write_obj(PD | 3, GuestAddress(PDPT)).unwrap();
     for i in 0..512u64 {
@@ -58,7 +63,6 @@ pub fn partition_with(
     }
     let gdt: [u64; 4] = [0, 0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF];
     m.write_obj(gdt, GuestAddress(GDT)).unwrap();
-    p
 }
 
 fn seg(selector: u16, attr: u16, base: u64, limit: u32) -> SegmentRegister {
