@@ -132,3 +132,22 @@ crate::open_enum! {
         VSM_VP_STATUS = 0x000D_0003,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::HvRegisterName;
+
+    #[test]
+    fn every_known_name_has_its_tlfs_value_and_a_name() {
+        for &n in HvRegisterName::KNOWN {
+            let name = n.name().expect("known");
+            assert_eq!(format!("{n:?}"), name);
+            assert_eq!(HvRegisterName::from(n.0), n);
+        }
+        // TLFS HV_REGISTER_NAME values the VTL2 boot path relies on.
+        assert_eq!(HvRegisterName::VSM_VP_STATUS.0, 0x000D_0003);
+        assert_eq!(HvRegisterName::VP_INDEX.0, 0x0009_0003);
+        assert_eq!(HvRegisterName::RIP.0, 0x0002_0010);
+        assert_eq!(HvRegisterName(0x0002_0099).name(), None);
+    }
+}

@@ -1,6 +1,8 @@
 //! A virtual processor, owned and run by one thread.
 
 use std::cell::Cell;
+
+use polonius_the_crab::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,6 +28,31 @@ const RFLAGS_VM: u64 = 1 << 17;
 /// #UD and #GP.
 const VECTOR_UD: u8 = 6;
 const VECTOR_GP: u8 = 13;
+
+/// What [`Vp::run`] does after an exit it keeps.
+enum Next {
+    /// A write to the trap port, with its bytes.
+    TrapPort([u8; 4], usize),
+    /// A write to the hypercall overlay page.
+    OverlayWrite,
+    /// Served; run again.
+    Continue,
+}
+
+/// The VP left KVM_RUN: a result loaded from the synced registers is consumed,
+/// the model sees the run end, and a kicking thread waiting for this wakes.
+fn leave_run(sync: &mut SyncDirty, shared: &VpShared) {
+    if *sync == SyncDirty::Armed {
+        *sync = SyncDirty::Consumed;
+    }
+    let mut g = shared.lock();
+    g.in_kvm = None;
+    if let Ok(s) = g.state.exit_run() {
+        g.state = s;
+    }
+    drop(g);
+    shared.wake.notify_all();
+}
 
 /// What the partition did with an exit a VMM's own run loop handed it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -275,96 +302,90 @@ impl Vp {
     /// waits while the VP is suspended. [`VpExit::Canceled`] is returned only for
     /// [`Partition::cancel_run`].
     pub fn run(&mut self) -> VpExit<'_> {
-        let vcpu: *mut VcpuFd = &mut self.vcpu;
+        let mut this = self;
         loop {
-            if let Some(exit) = self.before_run() {
+            if let Some(exit) = this.before_run() {
                 return exit;
             }
-            let start = Instant::now();
-            // SAFETY: `vcpu` points at `self.vcpu`, which outlives the exit (the
-            // exit's lifetime is that of `&mut self`). Every path that continues
-            // the loop drops the exit before `self.vcpu` is used again, and the
-            // handlers called while it is alive do not touch `self.vcpu`; the one
-            // path that keeps it returns it. This is the borrow today's borrow
-            // checker cannot express across loop iterations, not an aliasing one.
-            let mut exit = decode(unsafe { &mut *vcpu }.run());
-            let elapsed = start.elapsed();
-            self.after_run();
-            self.partition.stats.exit(exit_name(&exit), elapsed);
-            let hyperv = self.partition.config.hyperv.is_some();
-            // Any write to the trap port: the hypercall page's own is 4 bytes in
-            // 32- and 64-bit code, 2 bytes when it is executed in real mode.
-            let mut trap_write = None;
-            if let VpExit::IoPortAccess {
-                port: HYPERCALL_PORT,
-                access: Access::Write(d),
-            } = &exit
-            {
-                let n = d.len().min(4);
-                let mut b = [0u8; 4];
-                b[..n].copy_from_slice(&d[..n]);
-                trap_write = hyperv.then_some((b, n));
-            }
-            if let Some((bytes, len)) = trap_write {
-                // `exit` is not used past this point (see the SAFETY note above).
-                match self.trap() {
-                    Trap::Serve { long } => self.handle_hypercall(long),
-                    Trap::Undefined => self.inject_exception(VECTOR_UD, None),
+            // The exit borrows the vCPU: it is either returned to the caller or
+            // dropped, leaving only owned follow-up work (polonius-the-crab lets
+            // stable Rust express the conditional return of the borrow).
+            let next: Next = polonius!(|this| -> VpExit<'polonius> {
+                let start = Instant::now();
+                let result = this.vcpu.run();
+                let elapsed = start.elapsed();
+                leave_run(&mut this.sync, &this.shared);
+                let mut exit = decode(result);
+                this.partition.stats.exit(exit_name(&exit), elapsed);
+                let hyperv = this.partition.config.hyperv.is_some();
+                let mut msr_served = false;
+                if let VpExit::MsrAccess(m) = &mut exit {
+                    msr_served = this.partition.handle_msr(this.shared.index, m) == Handled::Served;
+                }
+                match &mut exit {
+                    // Any write to the trap port: the hypercall page's own is 4
+                    // bytes in 32- and 64-bit code, 2 bytes in real mode.
+                    VpExit::IoPortAccess {
+                        port: HYPERCALL_PORT,
+                        access: Access::Write(d),
+                    } if hyperv => {
+                        let n = d.len().min(4);
+                        let mut b = [0u8; 4];
+                        b[..n].copy_from_slice(&d[..n]);
+                        Next::TrapPort(b, n)
+                    }
+                    VpExit::MemoryAccess {
+                        gpa,
+                        access: Access::Write(_),
+                    } if this.partition.hypercall_overlay() == Some(*gpa & !0xFFF) => {
+                        Next::OverlayWrite
+                    }
+                    VpExit::MsrAccess(_) if msr_served => Next::Continue,
+                    VpExit::Canceled => {
+                        let mut g = this.shared.lock();
+                        if g.cancel {
+                            g.cancel = false;
+                            polonius_return!(VpExit::Canceled);
+                        }
+                        Next::Continue
+                    }
+                    VpExit::MemoryAccess { .. }
+                    | VpExit::IoPortAccess { .. }
+                    | VpExit::MsrAccess(_)
+                    | VpExit::Halt
+                    | VpExit::InterruptWindow
+                    | VpExit::ApicEoi { .. }
+                    | VpExit::UnrecoverableException
+                    | VpExit::InvalidVpRegisterValue { .. }
+                    | VpExit::SystemEvent { .. }
+                    | VpExit::InternalError
+                    | VpExit::MemoryFault { .. }
+                    | VpExit::Exception
+                    | VpExit::Debug(_)
+                    | VpExit::KvmHypercall { .. }
+                    | VpExit::Nmi
+                    | VpExit::Hyperv
+                    | VpExit::Other { .. }
+                    | VpExit::RunFailed { .. } => polonius_return!(exit),
+                }
+            });
+            match next {
+                Next::TrapPort(bytes, len) => match this.trap() {
+                    Trap::Serve { long } => this.handle_hypercall(long),
+                    Trap::Undefined => this.inject_exception(VECTOR_UD, None),
                     Trap::PortIo => {
-                        self.port_write = bytes;
+                        this.port_write = bytes;
                         return VpExit::IoPortAccess {
                             port: HYPERCALL_PORT,
-                            access: Access::Write(&self.port_write[..len]),
+                            access: Access::Write(&this.port_write[..len]),
                         };
                     }
-                }
-                continue;
-            }
-            if let VpExit::MemoryAccess {
-                gpa,
-                access: Access::Write(_),
-            } = exit
-            {
-                if self.partition.hypercall_overlay() == Some(gpa & !0xFFF) {
-                    // TLFS: a write to the hypercall page raises #GP. KVM has
-                    // retired the write when it reports it, so the #GP is taken
-                    // after the writing instruction.
-                    self.inject_exception(VECTOR_GP, Some(0));
-                    continue;
-                }
-            }
-            if let VpExit::MsrAccess(ref mut m) = exit {
-                // `exit` is not used past this point if the partition served it.
-                if self.partition.handle_msr(self.shared.index, m) == Handled::Served {
-                    continue;
-                }
-            }
-            match exit {
-                VpExit::Canceled => {
-                    let mut g = self.shared.lock();
-                    if g.cancel {
-                        g.cancel = false;
-                        return VpExit::Canceled;
-                    }
-                }
-                other @ (VpExit::MemoryAccess { .. }
-                | VpExit::IoPortAccess { .. }
-                | VpExit::MsrAccess(_)
-                | VpExit::Halt
-                | VpExit::InterruptWindow
-                | VpExit::ApicEoi { .. }
-                | VpExit::UnrecoverableException
-                | VpExit::InvalidVpRegisterValue { .. }
-                | VpExit::SystemEvent { .. }
-                | VpExit::InternalError
-                | VpExit::MemoryFault { .. }
-                | VpExit::Exception
-                | VpExit::Debug(_)
-                | VpExit::KvmHypercall { .. }
-                | VpExit::Nmi
-                | VpExit::Hyperv
-                | VpExit::Other { .. }
-                | VpExit::RunFailed { .. }) => return other,
+                },
+                // TLFS: a write to the hypercall page raises #GP. KVM has retired
+                // the write when it reports it, so the #GP is taken after the
+                // writing instruction.
+                Next::OverlayWrite => this.inject_exception(VECTOR_GP, Some(0)),
+                Next::Continue => {}
             }
         }
     }
@@ -480,17 +501,7 @@ impl Vp {
     }
 
     fn after_run(&mut self) {
-        if self.sync == SyncDirty::Armed {
-            self.sync = SyncDirty::Consumed;
-        }
-        let mut g = self.shared.lock();
-        g.in_kvm = None;
-        if let Ok(s) = g.state.exit_run() {
-            g.state = s;
-        }
-        drop(g);
-        // A kicking thread waits for this.
-        self.shared.wake.notify_all();
+        leave_run(&mut self.sync, &self.shared);
     }
 
     fn load_start_context(&mut self, ctx: &InitialVpContext) -> HvResult<()> {
