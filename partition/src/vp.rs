@@ -440,7 +440,7 @@ impl Vp {
     }
 
     /// For a VMM that runs the vCPU in its own loop: after an exit that wrote to
-    /// [`hyperv::HYPERCALL_PORT`] (once the exit's borrow has ended). A hypercall
+    /// [`crate::hyperv::HYPERCALL_PORT`] (once the exit's borrow has ended). A hypercall
     /// from the hypercall page is served (its result loads on the next
     /// `KVM_RUN`) and one from an illegal mode gets #UD: [`Handled::Served`]. A
     /// write from anywhere else is [`Handled::NotMine`]: plain port I/O.
