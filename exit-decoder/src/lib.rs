@@ -525,3 +525,34 @@ mod tests {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(test)]
+mod abi_tests {
+    use super::*;
+
+    #[test]
+    fn hypercall_registers_of_64_and_32_bit_callers() {
+        // TLFS "Hypercall Inputs": RCX, RDX, R8 for x64; EDX:EAX, EBX:ECX, EDI:ESI
+        // for x86 (upper halves of the 64-bit registers ignored).
+        let regs = kvm_regs {
+            rax: 0xFFFF_FFFF_0000_0099,
+            rbx: 0xAAAA_AAAA_0000_0001,
+            rcx: 0x1_0000_0046,
+            rdx: 0x2,
+            rsi: 0x5000,
+            rdi: 0x3,
+            r8: 0x6000,
+            rip: 0x1000,
+            ..Default::default()
+        };
+        let x64 = HypercallExit::from_regs(&regs);
+        assert_eq!(
+            (x64.control.0, x64.rdx, x64.r8, x64.rip),
+            (0x1_0000_0046, 0x2, 0x6000, 0x1000)
+        );
+        let x86 = HypercallExit::from_regs_x86(&regs);
+        assert_eq!(x86.control.0, 0x2_0000_0099);
+        assert_eq!(x86.rdx, 0x1_0000_0046 & 0xFFFF_FFFF | (1 << 32));
+        assert_eq!(x86.r8, 0x3_0000_5000);
+    }
+}

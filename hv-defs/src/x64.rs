@@ -395,3 +395,32 @@ mod tests {
         assert_eq!(tv.as_table(), t);
     }
 }
+
+#[cfg(test)]
+mod builder_tests {
+    use super::*;
+
+    #[test]
+    fn the_long_mode_builder_gives_a_flat_64_bit_context() {
+        let c = InitialVpContext::long_mode(0x1000, 0x8000, 0x9000)
+            .with_gdt(0x8000, 0x27)
+            .with_idt(0xC000, 0xFFF)
+            .with_tss(0x7000);
+        assert_eq!((c.rip, c.rsp, c.cr3, c.rflags), (0x1000, 0x8000, 0x9000, 2));
+        assert_eq!(c.cs.attributes.0, 0xA09B, "present, DPL 0, code, L=1");
+        for s in [c.ds, c.es, c.fs, c.gs, c.ss] {
+            assert_eq!(
+                (s.selector, s.attributes.0, s.limit),
+                (0x18, 0xC093, 0xFFFF_FFFF)
+            );
+        }
+        assert_eq!(
+            (c.tr.base, c.tr.limit, c.tr.attributes.0),
+            (0x7000, 0x67, 0x8B)
+        );
+        assert_eq!((c.gdtr.base, c.gdtr.limit), (0x8000, 0x27));
+        assert_eq!((c.idtr.base, c.idtr.limit), (0xC000, 0xFFF));
+        assert_eq!((c.efer, c.cr0, c.cr4), (0xD00, 0x8005_0033, 0x20));
+        assert_eq!(c.msr_cr_pat, 0x0007_0406_0007_0406);
+    }
+}

@@ -645,3 +645,38 @@ fn get_vp_index_from_apic_id_reps() {
     }
     let _ = HypercallCode::GET_VP_INDEX_FROM_APIC_ID;
 }
+
+/// A VMM that serves nothing: every call, simple or rep, is
+/// HV_STATUS_INVALID_HYPERCALL_CODE, and nothing is read or written.
+#[test]
+fn a_vmm_serving_nothing_gets_invalid_code_for_every_call() {
+    struct Nothing;
+    impl Calls for Nothing {}
+    let m = memory(&[]);
+    for control in [
+        0x46u64,
+        0x08 | (1 << 16),
+        0x0F,
+        0x99,
+        rep(0x50, 1, 0),
+        rep(0x51, 1, 0),
+        rep(0x9A, 1, 0),
+    ] {
+        let before = snapshot(&m);
+        let r = dispatch(
+            &m,
+            HypercallInput {
+                control: HypercallControl(control),
+                input: IN,
+                output: OUT,
+            },
+            &mut Nothing,
+        );
+        assert_eq!(
+            r.status(),
+            status(HvError::INVALID_HYPERCALL_CODE),
+            "{control:#x}"
+        );
+        assert_eq!(snapshot(&m), before);
+    }
+}

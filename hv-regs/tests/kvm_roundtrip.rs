@@ -422,3 +422,36 @@ fn context_registers_written_as_a_batch_equal_load_context() {
     assert_eq!((ra.rip, ra.rsp, ra.rflags), (rb.rip, rb.rsp, rb.rflags));
     assert_eq!(a.get_msr(msr::PAT).unwrap(), b.get_msr(msr::PAT).unwrap());
 }
+
+#[test]
+fn the_shipped_kvm_backend_alone() {
+    use HvRegisterName as N;
+    // KvmVcpu over a bare VcpuFd: the vendor comes from the vCPU's CPUID.
+    let (_kvm, _vm, vcpu) = long_mode_vcpu_as(Some(b"GenuineIntel"));
+    let kvm = KvmVcpu::new(&vcpu.fd).unwrap();
+    assert_eq!(kvm.vendor, CpuVendor::Intel);
+    let batch = [
+        (N::RBX, 0x1234u64.into()),
+        (N::LSTAR, 0xFFFF_FFFF_8100_0000u64.into()),
+    ];
+    kvm.set_hv_registers(&batch).unwrap();
+    let mut values = [HvRegisterValue::default(); 2];
+    kvm.get_hv_registers(&[N::RBX, N::LSTAR], &mut values)
+        .unwrap();
+    assert_eq!(values, [batch[0].1, batch[1].1]);
+    // No VP model: its registers are unknown names to this backend.
+    for n in [N::EXPLICIT_SUSPEND, N::VP_INDEX] {
+        assert!(matches!(
+            get_register(&kvm, n),
+            Err(AccessError::Fault(RegisterFault::UnknownName(_)))
+        ));
+    }
+    assert!(matches!(
+        kvm.set_hv_registers(&[(N::EXPLICIT_SUSPEND, 1u64.into())]),
+        Err((0, AccessError::Fault(RegisterFault::UnknownName(_))))
+    ));
+    // A vCPU with no CPUID set presents no vendor.
+    let (_kvm2, vm2, _) = long_mode_vcpu();
+    let bare = vm2.create_vcpu(1).unwrap();
+    assert_eq!(KvmVcpu::new(&bare).unwrap().vendor, CpuVendor::Other);
+}
