@@ -75,12 +75,12 @@ impl VcpuRegisters for Fake {
         self.s.borrow_mut().mp = m;
         Ok(())
     }
-    fn get_synthetic(&self, r: Synthetic) -> Result<u64, ()> {
-        Ok(self.s.borrow().synthetic.get(&format!("{r:?}")).copied().unwrap_or(0))
+    fn get_synthetic(&self, r: Synthetic) -> Option<Result<u64, ()>> {
+        Some(Ok(self.s.borrow().synthetic.get(&format!("{r:?}")).copied().unwrap_or(0)))
     }
-    fn set_synthetic(&self, r: Synthetic, v: u64) -> Result<(), ()> {
+    fn set_synthetic(&self, r: Synthetic, v: u64) -> Option<Result<(), ()>> {
         self.s.borrow_mut().synthetic.insert(format!("{r:?}"), v);
-        Ok(())
+        Some(Ok(()))
     }
     fn cpu_vendor(&self) -> CpuVendor {
         self.vendor
