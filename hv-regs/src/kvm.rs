@@ -34,17 +34,10 @@ impl<'a> KvmVcpu<'a> {
     /// (KVM_GET_CPUID2); a vCPU whose CPUID was never set presents
     /// [`CpuVendor::Other`].
     pub fn new(fd: &'a VcpuFd) -> Result<Self, kvm_ioctls::Error> {
-        let vendor = match fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES) {
-            Ok(c) => c
-                .as_slice()
-                .iter()
-                .find(|e| e.function == 0)
-                .map_or(CpuVendor::Other, |e| {
-                    CpuVendor::from_cpuid0(e.ebx, e.ecx, e.edx)
-                }),
-            // No CPUID set yet (E2BIG/EINVAL on some hosts).
-            Err(_) => CpuVendor::Other,
-        };
+        // No CPUID set yet (E2BIG/EINVAL on some hosts) presents no vendor.
+        let vendor = fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_or(CpuVendor::Other, |c| CpuVendor::of(&c));
         Ok(KvmVcpu { fd, vendor })
     }
 }

@@ -46,6 +46,16 @@ impl CpuVendor {
         Self::from_id(&id)
     }
 
+    /// The vendor a vCPU's CPUID (as given to KVM_SET_CPUID2) presents in leaf
+    /// 0; [`CpuVendor::Other`] if it has no leaf 0.
+    pub fn of(cpuid: &kvm_bindings::CpuId) -> Self {
+        cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == 0)
+            .map_or(CpuVendor::Other, |e| Self::from_cpuid0(e.ebx, e.ecx, e.edx))
+    }
+
     /// How many bits IA32_SYSENTER_EIP and IA32_SYSENTER_ESP hold on this vendor's
     /// processors: 64 on Intel, 32 elsewhere.
     pub const fn sysenter_width(self) -> u32 {

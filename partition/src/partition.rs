@@ -684,16 +684,9 @@ impl Partition {
             vcpu.get_cpuid2(KVM_MAX_CPUID_ENTRIES)
                 .map_err(kvm_err("KVM_GET_CPUID2"))?
         };
-        let vendor = cpuid
-            .as_slice()
-            .iter()
-            .find(|e| e.function == 0)
-            .map_or(hv_regs::CpuVendor::Other, |e| {
-                hv_regs::CpuVendor::from_cpuid0(e.ebx, e.ecx, e.edx)
-            });
         let shared = Arc::new(VpShared {
             index,
-            vendor,
+            vendor: hv_regs::CpuVendor::of(&cpuid),
             kick: self.options.kick.clone(),
             tsc_hz: vcpu.get_tsc_khz().map_or(0, |khz| khz as u64 * 1000),
             inner: Mutex::new(VpInner {

@@ -33,8 +33,8 @@ const VECTOR_GP: u8 = 13;
 enum Next {
     /// A write to the trap port, with its bytes.
     TrapPort([u8; 4], usize),
-    /// A write to the hypercall overlay page.
-    OverlayWrite,
+    /// A write to the hypercall overlay page, at this GPA.
+    OverlayWrite(u64),
     /// Served; run again.
     Continue,
 }
@@ -338,7 +338,7 @@ impl Vp {
                         gpa,
                         access: Access::Write(_),
                     } if this.partition.hypercall_overlay() == Some(*gpa & !0xFFF) => {
-                        Next::OverlayWrite
+                        Next::OverlayWrite(*gpa)
                     }
                     VpExit::MsrAccess(_) if msr_served => Next::Continue,
                     VpExit::Canceled => {
@@ -370,21 +370,18 @@ impl Vp {
                 }
             });
             match next {
-                Next::TrapPort(bytes, len) => match this.trap() {
-                    Trap::Serve { long } => this.handle_hypercall(long),
-                    Trap::Undefined => this.inject_exception(VECTOR_UD, None),
-                    Trap::PortIo => {
+                Next::TrapPort(bytes, len) => {
+                    if this.serve_trap_port() == Handled::NotMine {
                         this.port_write = bytes;
                         return VpExit::IoPortAccess {
                             port: HYPERCALL_PORT,
                             access: Access::Write(&this.port_write[..len]),
                         };
                     }
-                },
-                // TLFS: a write to the hypercall page raises #GP. KVM has retired
-                // the write when it reports it, so the #GP is taken after the
-                // writing instruction.
-                Next::OverlayWrite => this.inject_exception(VECTOR_GP, Some(0)),
+                }
+                Next::OverlayWrite(gpa) => {
+                    this.serve_memory_write(gpa);
+                }
                 Next::Continue => {}
             }
         }
@@ -413,6 +410,10 @@ impl Vp {
     ///             }
     ///             false
     ///         }
+    ///         VpExit::MemoryAccess { gpa, access: exit_decoder::Access::Write(_) } => {
+    ///             let _ = gpa; // after the borrow: vp.serve_memory_write(gpa)
+    ///             false
+    ///         }
     ///         _ => false, // the VMM's devices
     ///     };
     ///     vp.finish_run();
@@ -436,7 +437,7 @@ impl Vp {
 
     /// For a VMM that runs the vCPU in its own loop: call after each `KVM_RUN`.
     pub fn finish_run(&mut self) {
-        self.after_run();
+        leave_run(&mut self.sync, &self.shared);
     }
 
     /// For a VMM that runs the vCPU in its own loop: after an exit that wrote to
@@ -453,6 +454,19 @@ impl Vp {
             Trap::Undefined => self.inject_exception(VECTOR_UD, None),
             Trap::PortIo => return Handled::NotMine,
         }
+        Handled::Served
+    }
+
+    /// For a VMM that runs the vCPU in its own loop: after an MMIO write exit at
+    /// `gpa` (once the exit's borrow has ended). A write to the hypercall overlay
+    /// page gets #GP (TLFS: the page is not writable; KVM has retired the write
+    /// when it reports it, so the #GP is taken after the writing instruction):
+    /// [`Handled::Served`]. Any other GPA is [`Handled::NotMine`].
+    pub fn serve_memory_write(&mut self, gpa: u64) -> Handled {
+        if self.partition.hypercall_overlay() != Some(gpa & !0xFFF) {
+            return Handled::NotMine;
+        }
+        self.inject_exception(VECTOR_GP, Some(0));
         Handled::Served
     }
 
@@ -498,10 +512,6 @@ impl Vp {
                 Err(_) => return Some(VpExit::RunFailed { errno: EBUSY }),
             }
         }
-    }
-
-    fn after_run(&mut self) {
-        leave_run(&mut self.sync, &self.shared);
     }
 
     fn load_start_context(&mut self, ctx: &InitialVpContext) -> HvResult<()> {
