@@ -54,7 +54,7 @@ mod vp;
 pub use exit_decoder::{Access, InternalError, MsrAccess, VpExit};
 pub use partition::{
     CpuidMask, HyperVConfig, Kick, Partition, PartitionConfig, PartitionError, PartitionOptions,
-    StartObserver, VmParts, VpError,
+    StartObserver, VmParts, VpError, CREATION_WAIT,
 };
 pub use stats::{Counter, Stats};
 pub use vp::{Handled, Vp};

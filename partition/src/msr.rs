@@ -22,7 +22,7 @@ impl Partition {
         if self.config.hyperv.is_none() || !hyperv::is_synthetic(m.index) {
             return Handled::NotMine;
         }
-        let Some(shared) = self.vp_shared(vp) else {
+        let Some(shared) = self.existing_vp(vp) else {
             return Handled::NotMine;
         };
         let value = match (m.index, m.written) {

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hv_defs::{HvError, HvResult, InitialVpContext, PartitionId, VpIndex, Vtl};
 use hv_regs::Synthetic;
@@ -298,6 +298,27 @@ impl VpShared {
         Ok(())
     }
 
+    /// Sends one kick (the signal, or the VMM's callback) if the VP's thread is in
+    /// KVM_RUN and the request is still unseen, without waiting for it to leave;
+    /// [`Self::kick`] afterwards makes sure it did.
+    pub fn signal(&self, pending: impl Fn(&VpInner) -> bool) {
+        let g = self.lock();
+        if !pending(&g) {
+            return;
+        }
+        match &self.kick {
+            Kick::Callback(f) => {
+                drop(g);
+                f(self.index);
+            }
+            Kick::Signal(signal) => {
+                if let Some(thread) = g.in_kvm {
+                    let _ = ThreadHandle(thread).kill(*signal);
+                }
+            }
+        }
+    }
+
     /// Gets the VP's thread out of KVM_RUN, if it is in it, so it sees what was
     /// just requested (`pending` says whether the request is still unseen). With
     /// [`Kick::Signal`] the signal is re-sent until the thread has left KVM_RUN
@@ -388,7 +409,14 @@ pub struct Partition {
     /// context is loaded first: KVM's own verdict on it, before the target's
     /// thread is handed the context.
     trial: Mutex<Option<Trial>>,
+    /// VPs below this index are promised by [`Partition::expect_vps`]: a lookup of
+    /// one not yet created waits on `created` for its creation.
+    expected: Mutex<u32>,
+    created: Condvar,
 }
+
+/// How long a call naming an expected but not yet created VP waits for it.
+pub const CREATION_WAIT: Duration = Duration::from_secs(10);
 
 /// The scratch VM and vCPU of [`Partition::check_context_loads`].
 #[derive(Debug)]
@@ -606,6 +634,8 @@ impl Partition {
             overlay_at: AtomicU64::new(NO_OVERLAY),
             gpa_limit,
             trial: Mutex::new(None),
+            expected: Mutex::new(0),
+            created: Condvar::new(),
         }))
     }
 
@@ -703,6 +733,10 @@ impl Partition {
         });
         let vp = Vp::new(self.clone(), shared.clone(), vcpu)?;
         *slot = Some(shared);
+        drop(slot);
+        // Under `expected`'s lock: a waiter checks the slot and sleeps under it.
+        let _g = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        self.created.notify_all();
         Ok(vp)
     }
 
@@ -757,7 +791,7 @@ impl Partition {
             return Ok(());
         }
         let vps: Vec<Arc<VpShared>> = (0..self.config.max_vps)
-            .filter_map(|i| self.vp_shared(VpIndex(i)))
+            .filter_map(|i| self.existing_vp(VpIndex(i)))
             .collect();
         for vp in &vps {
             vp.lock().paused += 1;
@@ -817,12 +851,71 @@ impl Partition {
         }
     }
 
-    pub(crate) fn vp_shared(&self, index: VpIndex) -> Option<Arc<VpShared>> {
+    /// VP `index` if it exists now.
+    pub(crate) fn existing_vp(&self, index: VpIndex) -> Option<Arc<VpShared>> {
         self.vps
             .get(index.0 as usize)?
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// VP `index`; if it does not exist yet but [`Self::expect_vps`] promised it,
+    /// after waiting up to [`CREATION_WAIT`] for its creation.
+    pub(crate) fn vp_shared(&self, index: VpIndex) -> Option<Arc<VpShared>> {
+        if let Some(vp) = self.existing_vp(index) {
+            return Some(vp);
+        }
+        let deadline = Instant::now() + CREATION_WAIT;
+        let mut expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(vp) = self.existing_vp(index) {
+                return Some(vp);
+            }
+            let now = Instant::now();
+            if index.0 >= *expected || now >= deadline {
+                if index.0 < *expected {
+                    log::warn!(
+                        "VP {} was expected but not created within {:?}",
+                        index.0,
+                        CREATION_WAIT
+                    );
+                }
+                return None;
+            }
+            expected = self
+                .created
+                .wait_timeout(expected, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    /// Promises that VPs `0..count` are being created (by another thread, while
+    /// the first ones already run): until each exists, calls that name it —
+    /// the guest's StartVirtualProcessor, EnableVpVtl, GetVpIndexFromApicId, the
+    /// host calls below — wait for its creation (at most [`CREATION_WAIT`])
+    /// instead of failing with `HV_STATUS_INVALID_VP_INDEX`. This lets a VMM
+    /// release the boot processor before it creates the others. `expect_vps(0)`
+    /// withdraws the promise (say, when a creation failed) and wakes the waiters.
+    ///
+    /// ```no_run
+    /// # use hv_partition::{Partition, PartitionConfig};
+    /// # use hv_defs::VpIndex;
+    /// # fn f(partition: std::sync::Arc<Partition>) -> Result<(), Box<dyn std::error::Error>> {
+    /// partition.expect_vps(partition.config().max_vps);
+    /// let bsp = partition.create_vp(VpIndex::BSP)?;
+    /// // ... start the BSP's thread, release it, then create the others:
+    /// for i in 1..partition.config().max_vps {
+    ///     let ap = partition.create_vp(VpIndex(i))?;
+    ///     // ... start its thread
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn expect_vps(&self, count: u32) {
+        let mut expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        *expected = count.min(self.config.max_vps);
+        self.created.notify_all();
     }
 
     /// Starts VP `index` at `vtl` with `context` (HvCallStartVirtualProcessor, as
@@ -891,6 +984,30 @@ impl Partition {
         vp.wake.notify_all();
         vp.kick(|g| g.cancel);
         Ok(())
+    }
+
+    /// Cancels the runs of every VP that exists, in one pass: each is marked, every
+    /// thread in KVM_RUN is signalled, and only then is each waited for, so the
+    /// whole takes about one kick round however many VPs there are. Each
+    /// [`Vp::run`] returns [`exit_decoder::VpExit::Canceled`].
+    pub fn cancel_all(&self) {
+        let vps: Vec<Arc<VpShared>> = (0..self.config.max_vps)
+            .filter_map(|i| self.existing_vp(VpIndex(i)))
+            .collect();
+        for vp in &vps {
+            vp.lock().cancel = true;
+            vp.wake.notify_all();
+        }
+        for vp in &vps {
+            vp.signal(|g| g.cancel);
+        }
+        // A callback is asked once; a signal may have been lost just before its
+        // thread entered KVM_RUN, and is re-sent until the thread has left.
+        if matches!(self.options.kick, Kick::Signal(_)) {
+            for vp in &vps {
+                vp.kick(|g| g.cancel);
+            }
+        }
     }
 
     /// The activity of VP `index` as the VP model last saw it.

@@ -367,3 +367,83 @@ fn an_ap_started_by_init_sipi_in_kvms_lapic_is_tracked_by_the_vp_model() {
         "a VP started by SIPI is started"
     );
 }
+
+#[test]
+fn expected_vps_are_waited_for_and_a_withdrawn_promise_releases_waiters() {
+    let p = partition(3, Some(Vtl::VTL0));
+    let _v0 = p.create_vp(vp(0)).unwrap();
+    // No promise: a VP not yet created is HV_STATUS_INVALID_VP_INDEX at once.
+    let t = std::time::Instant::now();
+    assert_eq!(
+        p.vp_index_from_apic_id(1),
+        Err(HvError::INVALID_PARAMETER),
+        "GetVpIndexFromApicId of an APIC id no VP has"
+    );
+    assert_eq!(
+        p.start_virtual_processor(vp(1), Vtl::VTL0, &ctx64(CODE, 0))
+            .err()
+            .map(|e| e.status()),
+        Some(HvError::INVALID_VP_INDEX)
+    );
+    assert!(t.elapsed() < Duration::from_secs(1));
+
+    // Promised: the start waits for VP 1's creation on another thread.
+    p.expect_vps(3);
+    let creator = {
+        let p = p.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            p.create_vp(vp(1)).unwrap()
+        })
+    };
+    let t = std::time::Instant::now();
+    p.start_virtual_processor(vp(1), Vtl::VTL0, &ctx64(CODE, 0))
+        .expect("a start of an expected VP waits for its creation");
+    assert!(t.elapsed() >= Duration::from_millis(90));
+    assert_eq!(p.vp_activity(vp(1)), Ok(Activity::Runnable));
+    let _v1 = creator.join().unwrap();
+
+    // VP 2 is never created: withdrawing the promise releases the waiter.
+    let waiter = {
+        let p = p.clone();
+        thread::spawn(move || p.vp_index_from_apic_id(2))
+    };
+    thread::sleep(Duration::from_millis(100));
+    assert!(!waiter.is_finished(), "waits while VP 2 is expected");
+    p.expect_vps(0);
+    assert_eq!(waiter.join().unwrap(), Err(HvError::INVALID_PARAMETER));
+}
+
+#[test]
+fn cancel_all_ends_every_run_in_one_pass() {
+    let p = partition(8, Some(Vtl::VTL0));
+    // Every VP spins in the guest (the BSP) or waits for a SIPI in KVM (the APs).
+    p.memory()
+        .write_slice(&Asm::default().spin().0, GuestAddress(CODE))
+        .unwrap();
+    let mut threads = vec![];
+    for i in 0..8 {
+        let mut v = p.create_vp(vp(i)).unwrap();
+        if i == 0 {
+            v.set_registers(&bsp_registers(CODE, stack(0))).unwrap();
+        }
+        threads.push(thread::spawn(move || {
+            let mut exits = 0u32;
+            loop {
+                match v.run() {
+                    hv_partition::VpExit::Canceled => return exits,
+                    _ => exits += 1,
+                }
+            }
+        }));
+        p.set_explicit_suspend(vp(i), false).unwrap();
+    }
+    thread::sleep(Duration::from_millis(100));
+    let t = std::time::Instant::now();
+    p.cancel_all();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // A hang would be caught by the test's timeout; the time is for the log.
+    eprintln!("cancel_all + join of 8 VPs: {:?}", t.elapsed());
+}
