@@ -271,8 +271,10 @@ def run(cmd, files, timeout, mem_mib=3072, cwd=None, echo=True):
             out.write(open(os.path.join(l1, "base.cpio"), "rb").read())
             out.write(p.finish(cmd, cwd or os.getcwd()))
         cpu = os.environ.get("HVKVM_NESTED_CPU", "EPYC,+svm,+npt")
+        # L1's processors (TCG runs one host thread each): 1 by default.
+        smp = os.environ.get("HVKVM_NESTED_SMP", "1")
         qemu = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", cpu,
-                "-machine", "q35", "-smp", "1", "-m", str(mem_mib), "-nodefaults",
+                "-machine", "q35", "-smp", smp, "-m", str(mem_mib), "-nodefaults",
                 "-display", "none", "-serial", "stdio", "-no-reboot",
                 "-kernel", os.path.join(l1, "vmlinuz"), "-initrd", initrd,
                 "-append", L1_APPEND]

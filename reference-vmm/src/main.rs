@@ -43,6 +43,17 @@ enum HyperV {
     Vtl2,
 }
 
+/// How a guest without Hyper-V starts its APs.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum ApStart {
+    /// The MADT advertises the ACPI MP wakeup mailbox; each wakeup is served with
+    /// StartVirtualProcessor.
+    Mailbox,
+    /// No mailbox: the guest sends INIT/SIPI, which KVM's in-kernel local APIC
+    /// handles (for comparison with StartVirtualProcessor).
+    InitSipi,
+}
+
 /// Boots a Linux kernel on KVM; every AP is started through StartVirtualProcessor.
 ///
 /// Exit status: 0 the guest powered off (ACPI S5); 1 a VMM error (bad input, no
@@ -71,6 +82,10 @@ struct Args {
     /// Present Hyper-V to the guest.
     #[arg(long, value_enum, default_value_t = HyperV::Off)]
     hyperv: HyperV,
+    /// How APs start without Hyper-V: the MP wakeup mailbox (StartVirtualProcessor)
+    /// or, with the mailbox withheld, INIT/SIPI in KVM's local APIC.
+    #[arg(long, value_enum, default_value_t = ApStart::Mailbox)]
+    ap_start: ApStart,
     /// Print a boot timeline on stderr.
     #[arg(long)]
     timings: bool,
@@ -332,7 +347,7 @@ fn run(args: Args) -> Result<i32, VmmError> {
     boot::write_page_tables_and_gdt(&mem)?;
     let tables = acpi::build(&acpi::MadtConfig {
         apic_ids: (0..args.vcpus as u8).collect(),
-        mp_wakeup: hyperv.is_none(),
+        mp_wakeup: hyperv.is_none() && args.ap_start == ApStart::Mailbox,
     });
     for (addr, bytes) in &tables.pieces {
         mem.write_slice(bytes, GuestAddress(*addr))
@@ -361,35 +376,27 @@ fn run(args: Args) -> Result<i32, VmmError> {
             serial_irq,
             Box::new(std::io::stdout()),
             timeline.clone(),
-            hyperv.is_none(),
+            hyperv.is_none() && args.ap_start == ApStart::Mailbox,
         )
         .map_err(|e| VmmError::Setup(e.to_string()))?,
     );
     signals::install(&devices.exit.event).map_err(|e| VmmError::Setup(e.to_string()))?;
 
-    // VPs: created suspended; the BSP's registers set by HV name; then released.
-    let mut vps = vec![];
-    for i in 0..args.vcpus {
-        let vp = partition
-            .create_vp(VpIndex(i))
-            .map_err(|e| VmmError::Setup(format!("HvCreateVp {i}: {e}")))?;
-        vps.push(vp);
-    }
-    vps[0]
-        .set_registers(&boot::bsp_registers(loaded.entry))
-        .map_err(|e| VmmError::Setup(format!("BSP registers: {e}")))?;
+    // VPs: created suspended. The BSP first: its registers set by HV name, its
+    // thread started and released; the APs are created while it runs (a guest
+    // call naming one not yet created waits for it: `expect_vps`).
     let filters = if args.no_seccomp {
         None
     } else {
         Some(seccomp::Filters::build().map_err(VmmError::Setup)?)
     };
-    let mut threads = vec![];
-    for vp in vps {
+    partition.expect_vps(args.vcpus);
+    let spawn = |vp: Vp| {
         let (d, t) = (devices.clone(), timeline.clone());
         let index = vp.index().0;
         let vp_filter = filters.as_ref().map(|f| f.vp.clone());
         let forbidden = args.debug_forbidden_syscall == Some(index);
-        let h = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name(format!("vp{index}"))
             .spawn(move || {
                 if let Some(f) = vp_filter {
@@ -412,14 +419,35 @@ fn run(args: Args) -> Result<i32, VmmError> {
                     )));
                 }
             })
-            .map_err(|e| VmmError::Setup(e.to_string()))?;
-        threads.push(h);
-    }
-
-    for i in 0..args.vcpus {
-        partition
-            .set_explicit_suspend(VpIndex(i), false)
-            .map_err(|e| VmmError::Setup(e.to_string()))?;
+            .map_err(|e| VmmError::Setup(e.to_string()))
+    };
+    let mut threads = vec![];
+    let created = (|| {
+        let mut bsp = partition
+            .create_vp(VpIndex::BSP)
+            .map_err(|e| VmmError::Setup(format!("HvCreateVp 0: {e}")))?;
+        bsp.set_registers(&boot::bsp_registers(loaded.entry))
+            .map_err(|e| VmmError::Setup(format!("BSP registers: {e}")))?;
+        threads.push(spawn(bsp)?);
+        release(&partition, VpIndex::BSP)?;
+        for i in 1..args.vcpus {
+            let vp = partition
+                .create_vp(VpIndex(i))
+                .map_err(|e| VmmError::Setup(format!("HvCreateVp {i}: {e}")))?;
+            threads.push(spawn(vp)?);
+            release(&partition, VpIndex(i))?;
+        }
+        timeline.mark(&format!("{} VPs created", args.vcpus));
+        Ok::<(), VmmError>(())
+    })();
+    if let Err(e) = created {
+        // Nothing waits for VPs that will not come; the running ones end.
+        partition.expect_vps(0);
+        partition.cancel_all();
+        for t in threads {
+            let _ = t.join();
+        }
+        return Err(e);
     }
 
     let mut em = EventManager::<Console>::new().map_err(|e| VmmError::Setup(format!("{e:?}")))?;
@@ -451,9 +479,7 @@ fn run(args: Args) -> Result<i32, VmmError> {
         .exit
         .get()
         .unwrap_or(GuestExit::VmmFailure("no exit recorded".into()));
-    for i in 0..args.vcpus {
-        let _ = partition.cancel_run(VpIndex(i));
-    }
+    partition.cancel_all();
     for t in threads {
         let _ = t.join();
     }
@@ -485,6 +511,13 @@ fn run(args: Args) -> Result<i32, VmmError> {
         }
     }
     Ok(exit.status())
+}
+
+/// Clears a VP's explicit suspend (the VMM's "go").
+fn release(partition: &Partition, vp: VpIndex) -> Result<(), VmmError> {
+    partition
+        .set_explicit_suspend(vp, false)
+        .map_err(|e| VmmError::Setup(format!("releasing VP {}: {e}", vp.0)))
 }
 
 /// What to do after an exit's borrow of the VP has ended.
