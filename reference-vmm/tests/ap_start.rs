@@ -1,0 +1,53 @@
+//! The three ways the tiny SMP guest (`common/smp_guest.rs`) starts its APs,
+//! each AP timed by the guest: the ACPI MP wakeup mailbox (served with
+//! StartVirtualProcessor), HvCallEnableVpVtl + HvCallStartVirtualProcessor
+//! through the hypercall page, and INIT/SIPI in KVM's local APIC. The guest
+//! starts AP 1 as soon as it runs, while the VMM may still be creating the APs:
+//! the starts must wait for them, not fail.
+
+mod common;
+#[path = "common/smp_guest.rs"]
+mod smp_guest;
+
+use std::time::Duration;
+
+use common::*;
+
+fn boot(kind: char, vcpus: u32) -> smp_guest::Report {
+    let kernel = temp_file(&format!("smp-{kind}-{vcpus}.elf"), &smp_guest::image());
+    let args = smp_guest::args(&kernel, kind, vcpus);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = vmm(&args, Duration::from_secs(120));
+    assert_eq!(r.status, Some(0), "{}", r.tail());
+    let report = smp_guest::parse(&r.stdout);
+    assert_eq!(report.refused, None, "{}", r.tail());
+    let vps: Vec<u32> = report.aps.iter().map(|a| a.vp).collect();
+    assert_eq!(vps, (1..vcpus).collect::<Vec<_>>(), "{}", r.tail());
+    for a in &report.aps {
+        assert!(a.ticks.is_some(), "AP {} never arrived\n{}", a.vp, r.tail());
+    }
+    assert!(report.total.is_some(), "{}", r.tail());
+    report
+}
+
+#[test]
+fn aps_start_through_the_mailbox() {
+    boot('m', 4);
+}
+
+#[test]
+fn aps_start_through_guest_hypercalls() {
+    boot('h', 4);
+}
+
+#[test]
+fn aps_start_through_init_sipi() {
+    boot('s', 4);
+}
+
+/// 16 vCPUs: the guest's first starts come while the VMM still creates APs.
+#[test]
+fn starts_of_aps_still_being_created_wait_for_them() {
+    boot('m', 16);
+    boot('h', 16);
+}
