@@ -14,7 +14,8 @@
 //!   cargo bench -p reference-vmm --bench ap_start
 //! ```
 //! `HVKVM_APSTART_VMM` names another reference-vmm binary (the nested tier runs
-//! the bench executable and the VMM inside L1).
+//! the bench executable and the VMM inside L1); `HVKVM_APSTART_BASELINE` names a
+//! second build whose runs are interleaved with the first's (A/B), with ratios.
 
 #[path = "../tests/common/smp_guest.rs"]
 mod smp_guest;
@@ -45,6 +46,57 @@ const KINDS: [(char, &str); 3] = [
     ('s', "INIT/SIPI"),
 ];
 
+/// One boot as the guest timed it.
+#[derive(Clone, Debug)]
+struct Run {
+    /// Each AP's start, microseconds.
+    per_ap_us: Vec<f64>,
+    /// First request to last arrival, milliseconds.
+    total_ms: f64,
+}
+
+/// A VMM binary and a start path.
+struct Variant {
+    vmm: String,
+    label: String,
+    kind: usize,
+    baseline: bool,
+}
+
+fn boot(v: &Variant, kernel: &str, vcpus: u32, khz: f64) -> Option<Run> {
+    let args = smp_guest::args(kernel, KINDS[v.kind].0, vcpus);
+    let out = Command::new(&v.vmm)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let rep = smp_guest::parse(&String::from_utf8_lossy(&out.stdout));
+    let us = |ticks: u64| ticks as f64 / khz * 1000.0;
+    let per_ap_us: Vec<f64> = rep
+        .aps
+        .iter()
+        .map(|a| a.ticks.map(us))
+        .collect::<Option<_>>()?;
+    if per_ap_us.len() as u32 != vcpus - 1 {
+        return None;
+    }
+    Some(Run {
+        per_ap_us,
+        total_ms: us(rep.total?) / 1000.0,
+    })
+}
+
+/// The median over rounds of a / b.
+fn ratio(a: &[Option<Run>], b: &[Option<Run>], f: fn(&Run) -> f64) -> f64 {
+    median(
+        a.iter()
+            .zip(b)
+            .filter_map(|(a, b)| Some(f(a.as_ref()?) / f(b.as_ref()?)))
+            .collect(),
+    )
+}
+
 fn main() {
     let env = |k: &str| std::env::var(k).ok();
     let rounds: usize = env("HVKVM_APSTART_ROUNDS")
@@ -57,71 +109,92 @@ fn main() {
         .collect();
     let vmm =
         env("HVKVM_APSTART_VMM").unwrap_or_else(|| env!("CARGO_BIN_EXE_reference-vmm").to_string());
+    let mut variants: Vec<Variant> = (0..KINDS.len())
+        .map(|kind| Variant {
+            vmm: vmm.clone(),
+            label: KINDS[kind].1.to_string(),
+            kind,
+            baseline: false,
+        })
+        .collect();
+    // A/B: the same paths through another build, interleaved.
+    if let Some(b) = env("HVKVM_APSTART_BASELINE") {
+        for (kind, (_, name)) in KINDS.iter().enumerate() {
+            variants.push(Variant {
+                vmm: b.clone(),
+                label: format!("{name} (base)"),
+                kind,
+                baseline: true,
+            });
+        }
+    }
     let dir = std::env::temp_dir().join(format!("hvkvm-apstart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let kernel: PathBuf = dir.join("smp-guest.elf");
     std::fs::write(&kernel, smp_guest::image()).expect("write the SMP guest");
+    let kernel = kernel.to_string_lossy().into_owned();
     let khz = tsc_khz();
     println!("ap_start: {rounds} interleaved rounds, TSC {khz} kHz, VMM {vmm}");
     println!(
-        "{:>5} {:<14} {:>12} {:>12} {:>10} {:>14} {:>14}",
-        "vcpus", "path", "per-AP us", "p90 us", "total ms", "per-AP ratio", "total ratio"
+        "{:>5} {:<22} {:>10} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "vcpus",
+        "path",
+        "per-AP us",
+        "p90 us",
+        "total ms",
+        "AP/SIPI",
+        "total/SIPI",
+        "AP/base",
+        "total/base"
     );
-    let us = |ticks: u64| ticks as f64 / khz * 1000.0;
     for &vcpus in &sweep {
-        // [kind][round] -> (per-AP us, total ms)
-        let mut runs: Vec<Vec<Option<(Vec<f64>, f64)>>> = vec![vec![]; KINDS.len()];
+        let mut runs: Vec<Vec<Option<Run>>> = vec![vec![]; variants.len()];
         for round in 0..rounds {
-            for k in 0..KINDS.len() {
-                let i = (k + round) % KINDS.len();
-                let args = smp_guest::args(&kernel.to_string_lossy(), KINDS[i].0, vcpus);
-                let out = Command::new(&vmm)
-                    .args(&args)
-                    .stdin(Stdio::null())
-                    .stderr(Stdio::null())
-                    .output();
-                let r = out.ok().and_then(|o| {
-                    let rep = smp_guest::parse(&String::from_utf8_lossy(&o.stdout));
-                    let aps: Option<Vec<f64>> = rep.aps.iter().map(|a| a.ticks.map(us)).collect();
-                    let aps = aps.filter(|a| a.len() as u32 == vcpus - 1)?;
-                    Some((aps, us(rep.total?) / 1000.0))
-                });
-                runs[i].push(r);
+            for k in 0..variants.len() {
+                let i = (k + round) % variants.len();
+                runs[i].push(boot(&variants[i], &kernel, vcpus, khz));
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        let sipi = KINDS.len() - 1;
-        for (i, (_, name)) in KINDS.iter().enumerate() {
-            let ok: Vec<&(Vec<f64>, f64)> = runs[i].iter().flatten().collect();
+        for (i, v) in variants.iter().enumerate() {
+            let ok: Vec<&Run> = runs[i].iter().flatten().collect();
             if ok.is_empty() {
-                println!("{vcpus:>5} {name:<14} (failed)");
+                println!("{vcpus:>5} {:<22} (failed)", v.label);
                 continue;
             }
-            let all: Vec<f64> = ok.iter().flat_map(|r| r.0.iter().copied()).collect();
-            let mut sorted = all.clone();
-            sorted.sort_by(|a, b| a.total_cmp(b));
-            let p90 = sorted[(sorted.len() * 9 / 10).min(sorted.len() - 1)];
-            let ratio = |f: fn(&(Vec<f64>, f64)) -> f64| {
-                median(
-                    runs[i]
-                        .iter()
-                        .zip(&runs[sipi])
-                        .filter_map(|(a, b)| Some(f(a.as_ref()?) / f(b.as_ref()?)))
-                        .collect(),
-                )
+            let mut all: Vec<f64> = ok.iter().flat_map(|r| r.per_ap_us.clone()).collect();
+            all.sort_by(|a, b| a.total_cmp(b));
+            let p90 = all[(all.len() * 9 / 10).min(all.len() - 1)];
+            let per_ap = |r: &Run| median(r.per_ap_us.clone());
+            let total = |r: &Run| r.total_ms;
+            let find = |kind: usize, baseline: bool| {
+                variants
+                    .iter()
+                    .position(|w| w.kind == kind && w.baseline == baseline)
             };
-            let (rp, rt) = if i == sipi {
+            let vs = |j: Option<usize>| match j {
+                Some(j) if j != i => (
+                    ratio(&runs[i], &runs[j], per_ap),
+                    ratio(&runs[i], &runs[j], total),
+                ),
+                _ => (f64::NAN, f64::NAN),
+            };
+            let (ap_sipi, total_sipi) = vs(find(KINDS.len() - 1, v.baseline));
+            let (ap_base, total_base) = if v.baseline {
                 (f64::NAN, f64::NAN)
             } else {
-                (ratio(|r| median(r.0.clone())), ratio(|r| r.1))
+                vs(find(v.kind, true))
             };
             println!(
-                "{vcpus:>5} {name:<14} {:>12.1} {:>12.1} {:>10.3} {:>14.3} {:>14.3}   ({} of {rounds} runs)",
+                "{vcpus:>5} {:<22} {:>10.1} {:>10.1} {:>9.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3}   ({} of {rounds} runs)",
+                v.label,
                 median(all),
                 p90,
-                median(ok.iter().map(|r| r.1).collect()),
-                rp,
-                rt,
+                median(ok.iter().map(|r| r.total_ms).collect()),
+                ap_sipi,
+                total_sipi,
+                ap_base,
+                total_base,
                 ok.len()
             );
         }
