@@ -423,6 +423,37 @@ pub const CREATION_WAIT: Duration = Duration::from_secs(10);
 struct Trial {
     _vm: VmFd,
     vcpu: kvm_ioctls::VcpuFd,
+    /// Contexts KVM accepted, as [`trial_key`]s: a start whose key is here is
+    /// not loaded again.
+    accepted: Vec<InitialVpContext>,
+}
+
+/// How many accepted contexts [`Trial`] remembers.
+const TRIAL_MEMORY: usize = 8;
+
+/// The part of a start context KVM's verdict depends on. KVM_SET_SREGS checks
+/// CR0, CR3, CR4, EFER and CS.L against the vCPU's CPUID; KVM_SET_MSRS checks
+/// the PAT; KVM_SET_REGS checks nothing; no segment or table base is checked.
+/// Everything else is kept, to stay on the safe side.
+fn trial_key(ctx: &InitialVpContext) -> InitialVpContext {
+    let mut k = *ctx;
+    k.rip = 0;
+    k.rsp = 0;
+    for seg in [
+        &mut k.cs,
+        &mut k.ds,
+        &mut k.es,
+        &mut k.fs,
+        &mut k.gs,
+        &mut k.ss,
+        &mut k.tr,
+        &mut k.ldtr,
+    ] {
+        seg.base = 0;
+    }
+    k.idtr.base = 0;
+    k.gdtr.base = 0;
+    k
 }
 
 const NO_OVERLAY: u64 = u64::MAX;
@@ -734,6 +765,10 @@ impl Partition {
         let vp = Vp::new(self.clone(), shared.clone(), vcpu)?;
         *slot = Some(shared);
         drop(slot);
+        if index != VpIndex::BSP {
+            // Only APs are started: the first one's creation prepares the checks.
+            self.prepare_trial();
+        }
         // Under `expected`'s lock: a waiter checks the slot and sleeps under it.
         let _g = self.expected.lock().unwrap_or_else(|e| e.into_inner());
         self.created.notify_all();
@@ -816,21 +851,17 @@ impl Partition {
     /// is a host error with its source.
     fn check_context_loads(&self, context: &InitialVpContext) -> HvResult<()> {
         let mut trial = self.trial.lock().unwrap_or_else(|e| e.into_inner());
-        if trial.is_none() {
-            let vm = self
-                .kvm
-                .create_vm()
-                .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
-            let vcpu = vm
-                .create_vcpu(0)
-                .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
-            vcpu.set_cpuid2(&self.vp_cpuid(VpIndex(0)))
-                .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
-            *trial = Some(Trial { _vm: vm, vcpu });
-        }
-        let Some(t) = trial.as_ref() else {
-            return Err(HvError::INSUFFICIENT_MEMORY);
+        let t = match &mut *trial {
+            Some(t) => t,
+            None => trial.insert(self.new_trial()?),
         };
+        // The VP model's own checks (canonical RIP, segment attributes, ...) on
+        // every start; KVM's only for a context it has not accepted yet.
+        hv_regs::context_to_kvm(context, &Default::default()).map_err(hv_regs::context_status)?;
+        let key = trial_key(context);
+        if t.accepted.contains(&key) {
+            return Ok(());
+        }
         let base = t
             .vcpu
             .get_sregs()
@@ -846,12 +877,45 @@ impl Partition {
         }])
         .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
         match t.vcpu.set_msrs(&pat) {
-            Ok(1) => Ok(()),
+            Ok(1) => {
+                if t.accepted.len() == TRIAL_MEMORY {
+                    t.accepted.remove(0);
+                }
+                t.accepted.push(key);
+                Ok(())
+            }
             _ => Err(HvError::INVALID_REGISTER_VALUE),
         }
     }
 
-    /// VP `index` if it exists now.
+    /// The scratch VM and vCPU of [`Self::check_context_loads`].
+    fn new_trial(&self) -> HvResult<Trial> {
+        let vm = self
+            .kvm
+            .create_vm()
+            .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
+        let vcpu = vm
+            .create_vcpu(0)
+            .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
+        vcpu.set_cpuid2(&self.vp_cpuid(VpIndex(0)))
+            .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
+        Ok(Trial {
+            _vm: vm,
+            vcpu,
+            accepted: Vec::new(),
+        })
+    }
+
+    /// Creates the scratch VM of the start checks now, on the creating thread,
+    /// rather than on the first start (where it delayed that AP by a VM
+    /// creation). A failure is left for the first start to report.
+    fn prepare_trial(&self) {
+        let mut trial = self.trial.lock().unwrap_or_else(|e| e.into_inner());
+        if trial.is_none() {
+            *trial = self.new_trial().ok();
+        }
+    }
+
     pub(crate) fn existing_vp(&self, index: VpIndex) -> Option<Arc<VpShared>> {
         self.vps
             .get(index.0 as usize)?

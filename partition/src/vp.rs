@@ -11,7 +11,9 @@ use exit_decoder::{decode, enable_sync_regs, Access, VpExit};
 use crate::hyperv::HYPERCALL_PORT;
 use hv_defs::{HvError, HvRegisterValue, HvResult, InitialVpContext, VpIndex};
 use hv_regs::{AccessError, HvRegisterName, Synthetic, VcpuRegisters};
-use kvm_bindings::{kvm_debugregs, kvm_mp_state, kvm_regs, kvm_sregs};
+use kvm_bindings::{
+    kvm_debugregs, kvm_mp_state, kvm_regs, kvm_sregs, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
+};
 use kvm_ioctls::{SyncReg, VcpuFd};
 use vp_state::Activity;
 
@@ -41,10 +43,11 @@ enum Next {
 
 /// The VP left KVM_RUN: a result loaded from the synced registers is consumed,
 /// the model sees the run end, and a kicking thread waiting for this wakes.
-fn leave_run(sync: &mut SyncDirty, shared: &VpShared) {
+fn leave_run(sync: &mut SyncDirty, synced: &mut bool, shared: &VpShared) {
     if *sync == SyncDirty::Armed {
         *sync = SyncDirty::Consumed;
     }
+    *synced = true;
     let mut g = shared.lock();
     g.in_kvm = None;
     if let Ok(s) = g.state.exit_run() {
@@ -95,6 +98,12 @@ pub struct Vp {
     shared: Arc<VpShared>,
     vcpu: VcpuFd,
     sync: SyncDirty,
+    /// Whether the special registers are also pending in the synced copy (a
+    /// start context), with the GPRs (`sync` is then Armed).
+    sregs_armed: bool,
+    /// Whether a KVM_RUN has returned since creation, so `kvm_run` holds the
+    /// registers KVM synced at that exit.
+    synced: bool,
     /// Set when the VP's own GPRs were written with KVM_SET_REGS while a hypercall
     /// was served, so the exit-time copy in `kvm_run` is stale.
     wrote_regs: Cell<bool>,
@@ -230,6 +239,8 @@ impl Vp {
             shared,
             vcpu,
             sync: SyncDirty::Clean,
+            sregs_armed: false,
+            synced: false,
             wrote_regs,
             port_write: [0; 4],
             page_translation: Cell::new(None),
@@ -260,13 +271,21 @@ impl Vp {
         match self.sync {
             SyncDirty::Clean => {}
             SyncDirty::Armed => {
-                let regs = self.vcpu.sync_regs().regs;
+                let synced = self.vcpu.sync_regs();
                 self.vcpu.clear_sync_dirty_reg(SyncReg::Register);
-                let _ = self.vcpu.set_regs(&regs);
+                if self.sregs_armed {
+                    self.vcpu.clear_sync_dirty_reg(SyncReg::SystemRegister);
+                    let _ = self.vcpu.set_sregs(&synced.sregs);
+                }
+                let _ = self.vcpu.set_regs(&synced.regs);
             }
-            SyncDirty::Consumed => self.vcpu.clear_sync_dirty_reg(SyncReg::Register),
+            SyncDirty::Consumed => {
+                self.vcpu.clear_sync_dirty_reg(SyncReg::Register);
+                self.vcpu.clear_sync_dirty_reg(SyncReg::SystemRegister);
+            }
         }
         self.sync = SyncDirty::Clean;
+        self.sregs_armed = false;
     }
 
     pub(crate) fn regs(&mut self) -> RegAccess<'_> {
@@ -314,7 +333,7 @@ impl Vp {
                 let start = Instant::now();
                 let result = this.vcpu.run();
                 let elapsed = start.elapsed();
-                leave_run(&mut this.sync, &this.shared);
+                leave_run(&mut this.sync, &mut this.synced, &this.shared);
                 let mut exit = decode(result);
                 this.partition.stats.exit(exit_name(&exit), elapsed);
                 let hyperv = this.partition.config.hyperv.is_some();
@@ -437,7 +456,7 @@ impl Vp {
 
     /// For a VMM that runs the vCPU in its own loop: call after each `KVM_RUN`.
     pub fn finish_run(&mut self) {
-        leave_run(&mut self.sync, &self.shared);
+        leave_run(&mut self.sync, &mut self.synced, &self.shared);
     }
 
     /// For a VMM that runs the vCPU in its own loop: after an exit that wrote to
@@ -475,7 +494,9 @@ impl Vp {
     fn before_run(&mut self) -> Option<VpExit<'static>> {
         if self.sync == SyncDirty::Consumed {
             self.vcpu.clear_sync_dirty_reg(SyncReg::Register);
+            self.vcpu.clear_sync_dirty_reg(SyncReg::SystemRegister);
             self.sync = SyncDirty::Clean;
+            self.sregs_armed = false;
         }
         loop {
             let mut g = self.shared.lock();
@@ -514,12 +535,42 @@ impl Vp {
         }
     }
 
+    /// Loads a start context: the GPRs and special registers through `kvm_run`'s
+    /// synced copy, which the next KVM_RUN applies, so a start costs the
+    /// target a KVM_SET_MSRS (PAT) and a KVM_SET_MP_STATE besides its KVM_RUN
+    /// (it was five ioctls). Before the first run the special
+    /// registers the context leaves alone are read with KVM_GET_SREGS.
     fn load_start_context(&mut self, ctx: &InitialVpContext) -> HvResult<()> {
-        let regs = self.regs();
-        hv_regs::load_context(&regs, ctx).map_err(access_status)?;
-        kvm(regs.vcpu.set_mp_state(kvm_mp_state {
+        self.flush_sync_regs();
+        let valid = self.vcpu.get_kvm_run().kvm_valid_regs;
+        let sync_both = (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS) as u64;
+        let base = if self.synced && valid & sync_both == sync_both {
+            self.vcpu.sync_regs().sregs
+        } else {
+            kvm(self.vcpu.get_sregs())?
+        };
+        let k = hv_regs::context_to_kvm(ctx, &base).map_err(hv_regs::context_status)?;
+        kvm(hv_regs::KvmVcpu {
+            fd: &self.vcpu,
+            vendor: self.shared.vendor,
+        }
+        .set_msr(hv_regs::msr::PAT, k.pat))?;
+        kvm(self.vcpu.set_mp_state(kvm_mp_state {
             mp_state: hv_regs::mp_state::RUNNABLE,
-        }))
+        }))?;
+        if valid & sync_both == sync_both {
+            let synced = self.vcpu.sync_regs_mut();
+            synced.regs = k.regs;
+            synced.sregs = k.sregs;
+            self.vcpu.set_sync_dirty_reg(SyncReg::Register);
+            self.vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+            self.sync = SyncDirty::Armed;
+            self.sregs_armed = true;
+        } else {
+            kvm(self.vcpu.set_sregs(&k.sregs))?;
+            kvm(self.vcpu.set_regs(&k.regs))?;
+        }
+        Ok(())
     }
 
     /// Writes the hypercall result value into RAX (a 64-bit caller) or EDX:EAX (a

@@ -573,6 +573,40 @@ fn start_refuses_a_context_kvm_cannot_load_and_leaves_the_target_unstarted() {
     assert!(p.vp_state(vp(1)).unwrap().started());
 }
 
+/// The same, once KVM has accepted a context with the same system state (the
+/// partition then skips KVM's check): the VP model's checks still run on every
+/// start, and a context that differs where KVM's verdict depends is checked
+/// again.
+#[test]
+fn start_checks_hold_after_an_accepted_context() {
+    let p = partition(4, Some(Vtl::VTL0));
+    let _vps: Vec<_> = (0..4).map(|i| p.create_vp(vp(i)).unwrap()).collect();
+    let good = ctx64(AP_CODE, stack(1));
+    p.start_virtual_processor(vp(1), Vtl::VTL0, &good).unwrap();
+    let non_canonical = InitialVpContext {
+        rip: 0x0000_8000_0000_0000,
+        ..good
+    };
+    let smxe = InitialVpContext {
+        cr4: good.cr4 | (1 << 14),
+        ..good
+    };
+    for (case, ctx) in [("non-canonical RIP", non_canonical), ("CR4.SMXE", smxe)] {
+        assert_eq!(
+            p.start_virtual_processor(vp(2), Vtl::VTL0, &ctx)
+                .map_err(|e| e.status()),
+            Err(HvError::INVALID_REGISTER_VALUE),
+            "{case}"
+        );
+        assert!(!p.vp_state(vp(2)).unwrap().started(), "{case}");
+    }
+    // Another stack and GDT base: the same system state, accepted.
+    let mut other = ctx64(AP_CODE + 0x10, stack(2));
+    other.gdtr.base += 0x100;
+    p.start_virtual_processor(vp(2), Vtl::VTL0, &other).unwrap();
+    assert!(p.vp_state(vp(2)).unwrap().started());
+}
+
 /// "Virtual Secure Mode": an x64 partition has VTLs 0 to 2.
 #[test]
 fn a_boot_vtl_above_2_is_refused() {
