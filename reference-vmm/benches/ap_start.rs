@@ -5,9 +5,10 @@
 //! with the TSC from the BSP's request to the AP's first instruction.
 //!
 //! Rounds interleave the three paths (rotating which goes first) with an idle
-//! gap; prints per vCPU count and path the median per-AP start and the median
-//! total (first request to last arrival), and the medians of the per-round
-//! ratios to INIT/SIPI.
+//! gap; prints per vCPU count and path the median per-AP start (to the AP's
+//! first instruction at the common 64-bit entry; for INIT/SIPI also to its
+//! first real-mode instruction), the median total (first request to last
+//! arrival), and the medians of the per-round ratios to INIT/SIPI.
 //!
 //! ```text
 //! HVKVM_APSTART_VCPUS=2,4,8,16,32,64 HVKVM_APSTART_ROUNDS=11 \
@@ -53,6 +54,8 @@ struct Run {
     per_ap_us: Vec<f64>,
     /// First request to last arrival, milliseconds.
     total_ms: f64,
+    /// INIT/SIPI: each AP's first (real-mode) instruction, microseconds.
+    first_us: Vec<f64>,
 }
 
 /// A VMM binary and a start path.
@@ -84,6 +87,11 @@ fn boot(v: &Variant, kernel: &str, vcpus: u32, khz: f64) -> Option<Run> {
     Some(Run {
         per_ap_us,
         total_ms: us(rep.total?) / 1000.0,
+        first_us: rep
+            .aps
+            .iter()
+            .filter_map(|a| a.first_ticks.map(us))
+            .collect(),
     })
 }
 
@@ -136,9 +144,10 @@ fn main() {
     let khz = tsc_khz();
     println!("ap_start: {rounds} interleaved rounds, TSC {khz} kHz, VMM {vmm}");
     println!(
-        "{:>5} {:<22} {:>10} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "{:>5} {:<22} {:>9} {:>10} {:>10} {:>9} {:>10} {:>10} {:>10} {:>10}",
         "vcpus",
         "path",
+        "first us",
         "per-AP us",
         "p90 us",
         "total ms",
@@ -186,8 +195,9 @@ fn main() {
                 vs(find(v.kind, true))
             };
             println!(
-                "{vcpus:>5} {:<22} {:>10.1} {:>10.1} {:>9.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3}   ({} of {rounds} runs)",
+                "{vcpus:>5} {:<22} {:>9.1} {:>10.1} {:>10.1} {:>9.3} {:>10.3} {:>10.3} {:>10.3} {:>10.3}   ({} of {rounds} runs)",
                 v.label,
+                median(ok.iter().flat_map(|r| r.first_us.clone()).collect()),
                 median(all),
                 p90,
                 median(ok.iter().map(|r| r.total_ms).collect()),

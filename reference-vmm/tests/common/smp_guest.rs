@@ -7,9 +7,13 @@
 //! - `s`: INIT and SIPI through the local APIC's ICR (KVM's in-kernel LAPIC).
 //!
 //! The path and the vCPU count are the first three characters of the kernel
-//! command line, e.g. `s04`. For each AP `n` the guest prints
+//! command line, e.g. `s04`. Every path ends at the same 64-bit entry, in the
+//! BSP's paging and GDT: StartVirtualProcessor puts the AP there directly, a
+//! SIPI starts it in real mode at a trampoline that enters long mode as an OS's
+//! does. The guest starts all APs, then prints for each AP `n`
 //! `HVKVM-AP nn tttttttttttttttt` (hex: TSC ticks from the BSP's request to the
-//! AP's first instruction, or `TIMEOUT`), then `HVKVM-APS tttttttttttttttt`
+//! AP's first instruction at the 64-bit entry, or `TIMEOUT`; for SIPI also the
+//! ticks to its first real-mode instruction), then `HVKVM-APS tttttttttttttttt`
 //! (ticks from the first request to the last arrival), then powers off (ACPI S5).
 //!
 //! The code is assembled with the test binary (`global_asm!`) and copied out of
@@ -73,11 +77,19 @@ hvkvm_smp_guest_start:
     mov qword ptr [rbx + 24], 0x13003
     mov rax, cr3
     mov cr3, rax
-    // The real-mode trampoline at 0x10000 (SIPI vector 0x10).
+    // The real-mode trampoline at 0x10000 (SIPI vector 0x10) and what it needs
+    // to reach the 64-bit entry: this GDTR at 0x10820, CR3 at 0x10828, the
+    // far pointer (entry, selector 0x10) at 0x10830.
     lea rsi, [rip + 7f]
     mov edi, 0x10000
-    mov ecx, 64 // the trampoline is shorter
+    mov ecx, 128
     rep movsb
+    sgdt [0x10820]
+    mov rax, cr3
+    mov dword ptr [0x10828], eax
+    lea rax, [rip + 9f]
+    mov dword ptr [0x10830], eax
+    mov word ptr [0x10834], 0x10
     lea rsi, [rip + 30f]
     call 50f
     mov al, r14b
@@ -101,13 +113,13 @@ hvkvm_smp_guest_start:
     mov qword ptr [rdi + {ctx}], rax
     mov rax, cr3
     mov qword ptr [rdi + {cr3}], rax
-    sub rsp, 16
-    sgdt [rsp]
-    movzx eax, word ptr [rsp]
+    movzx eax, word ptr [0x10820]
     mov word ptr [rdi + {gdtr_limit}], ax
-    mov rax, qword ptr [rsp + 2]
+    mov rax, qword ptr [0x10822]
     mov qword ptr [rdi + {gdtr_base}], rax
-    add rsp, 16
+    // Start the APs one after the other; per AP, the ticks to its 64-bit entry
+    // at 0x14000 + 8 n and (SIPI) to its first real-mode instruction at
+    // 0x15000 + 8 n; -1 for a timeout.
 3:  rdtsc
     shl rdx, 32
     or rax, rdx
@@ -116,6 +128,7 @@ hvkvm_smp_guest_start:
 4:  cmp ebx, r13d
     jae 20f
     mov byte ptr [0x10808], 0
+    mov qword ptr [0x10810], 0
     rdtsc
     shl rdx, 32
     or rax, rdx
@@ -167,27 +180,15 @@ hvkvm_smp_guest_start:
     sub rax, rbp
     shr rax, 36
     jz 13b
-    lea rsi, [rip + 31f]
-    call 50f
-    mov rdi, rbx
-    mov esi, 2
-    call 51f
-    lea rsi, [rip + 33f]
-    call 50f
+    mov qword ptr [0x14000 + rbx * 8], -1
+    mov qword ptr [0x15000 + rbx * 8], -1
     jmp 16f
-14: lea rsi, [rip + 31f]
-    call 50f
-    mov rdi, rbx
-    mov esi, 2
-    call 51f
-    mov al, 0x20
-    call 52f
-    mov rdi, qword ptr [0x10800]
-    sub rdi, rbp
-    mov esi, 16
-    call 51f
-    mov al, 10
-    call 52f
+14: mov rax, qword ptr [0x10800]
+    sub rax, rbp
+    mov qword ptr [0x14000 + rbx * 8], rax
+    mov rax, qword ptr [0x10810]
+    sub rax, rbp
+    mov qword ptr [0x15000 + rbx * 8], rax
 16: inc ebx
     jmp 4b
     // A refused hypercall: its status, then the end.
@@ -205,14 +206,45 @@ hvkvm_smp_guest_start:
     mov al, 10
     call 52f
     jmp 21f
+    // All started: the total, then one line per AP.
 20: rdtsc
     shl rdx, 32
     or rax, rdx
     sub rax, r12
-    mov rbp, rax
-    lea rsi, [rip + 32f]
+    mov r12, rax
+    mov ebx, 1
+23: cmp ebx, r13d
+    jae 24f
+    lea rsi, [rip + 31f]
     call 50f
-    mov rdi, rbp
+    mov rdi, rbx
+    mov esi, 2
+    call 51f
+    mov al, 0x20
+    call 52f
+    mov rdi, qword ptr [0x14000 + rbx * 8]
+    cmp rdi, -1
+    je 25f
+    mov esi, 16
+    call 51f
+    cmp r14b, 0x73
+    jne 26f
+    mov al, 0x20
+    call 52f
+    mov rdi, qword ptr [0x15000 + rbx * 8]
+    mov esi, 16
+    call 51f
+26: mov al, 10
+    call 52f
+    inc ebx
+    jmp 23b
+25: lea rsi, [rip + 33f]
+    call 50f
+    inc ebx
+    jmp 23b
+24: lea rsi, [rip + 32f]
+    call 50f
+    mov rdi, r12
     mov esi, 16
     call 51f
     mov al, 10
@@ -249,7 +281,8 @@ hvkvm_smp_guest_start:
     out dx, al
     ret
 
-    // An AP started in 64-bit mode (mailbox or hypercall).
+    // The AP's 64-bit entry (the mailbox's and the hypercalls' start RIP, and
+    // where the trampoline goes).
 9:  rdtsc
     mov dword ptr [0x10800], eax
     mov dword ptr [0x10804], edx
@@ -258,22 +291,37 @@ hvkvm_smp_guest_start:
     hlt
     jmp 17b
 
-    // An AP started by SIPI, in real mode at 1000:0000.
+    // An AP started by SIPI, in real mode at 1000:0000: notes its first
+    // instruction, then enters long mode as an OS trampoline does (the BSP's
+    // GDT and CR3, PAE, EFER.LME, CR0.PG|PE) and far-jumps to the entry.
     .code16
 7:  rdtsc
-    mov dword ptr cs:[0x800], eax
-    mov dword ptr cs:[0x804], edx
-    mov byte ptr cs:[0x808], 1
-6:  cli
-    hlt
-    jmp 6b
-8:
+    mov dword ptr cs:[0x810], eax
+    mov dword ptr cs:[0x814], edx
+    mov ax, cs
+    mov ds, ax
+    .byte 0x66, 0x0F, 0x01, 0x16
+    .word 0x820
+    mov eax, cr4
+    or eax, 0x20
+    mov cr4, eax
+    mov eax, dword ptr [0x828]
+    mov cr3, eax
+    mov ecx, 0xC0000080
+    rdmsr
+    or eax, 0x100
+    wrmsr
+    mov eax, cr0
+    or eax, 0x80000001
+    mov cr0, eax
+    .byte 0x66, 0xFF, 0x2E
+    .word 0x830
     .code64
 
 30: .asciz "HVKVM-SMP "
 31: .asciz "HVKVM-AP "
 32: .asciz "HVKVM-APS "
-33: .asciz " TIMEOUT\n"
+33: .asciz "TIMEOUT\n"
 34: .asciz "HVKVM-HCFAIL "
 35: .ascii "0123456789abcdef"
     .globl hvkvm_smp_guest_end
@@ -350,9 +398,12 @@ pub fn image() -> Vec<u8> {
 pub struct ApStart {
     /// VP index (= APIC id).
     pub vp: u32,
-    /// TSC ticks from the request to the AP's first instruction; `None` for a
-    /// timeout.
+    /// TSC ticks from the request to the AP's first instruction at the 64-bit
+    /// entry; `None` for a timeout.
     pub ticks: Option<u64>,
+    /// INIT/SIPI only: ticks from the request to the AP's first (real-mode)
+    /// instruction, before its trampoline reached long mode.
+    pub first_ticks: Option<u64>,
 }
 
 /// What the guest printed: each AP's start, and the ticks for all of them.
@@ -376,11 +427,12 @@ pub fn parse(out: &str) -> Report {
     for line in out.lines() {
         let w: Vec<&str> = line.split_whitespace().collect();
         match w.as_slice() {
-            ["HVKVM-AP", vp, t] => {
+            ["HVKVM-AP", vp, t, rest @ ..] => {
                 if let Ok(vp) = u32::from_str_radix(vp, 16) {
                     r.aps.push(ApStart {
                         vp,
                         ticks: u64::from_str_radix(t, 16).ok(),
+                        first_ticks: rest.first().and_then(|f| u64::from_str_radix(f, 16).ok()),
                     });
                 }
             }
