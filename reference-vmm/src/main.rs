@@ -50,7 +50,8 @@ enum ApStart {
     /// StartVirtualProcessor.
     Mailbox,
     /// No mailbox: the guest sends INIT/SIPI, which KVM's in-kernel local APIC
-    /// handles (for comparison with StartVirtualProcessor).
+    /// handles (for comparison with StartVirtualProcessor). Every VP is created
+    /// before the BSP runs, as an IPI to a vCPU not yet created would be lost.
     InitSipi,
 }
 
@@ -384,7 +385,14 @@ fn run(args: Args) -> Result<i32, VmmError> {
 
     // VPs: created suspended. The BSP first: its registers set by HV name, its
     // thread started and released; the APs are created while it runs (a guest
-    // call naming one not yet created waits for it: `expect_vps`).
+    // call naming one not yet created waits for it: `expect_vps`). An INIT/SIPI
+    // cannot wait (KVM drops an IPI to a vCPU that does not exist yet), so with
+    // `--ap-start init-sipi` every VP exists before the BSP is released.
+    let before_bsp = if args.ap_start == ApStart::InitSipi {
+        args.vcpus
+    } else {
+        1
+    };
     let filters = if args.no_seccomp {
         None
     } else {
@@ -429,13 +437,21 @@ fn run(args: Args) -> Result<i32, VmmError> {
         bsp.set_registers(&boot::bsp_registers(loaded.entry))
             .map_err(|e| VmmError::Setup(format!("BSP registers: {e}")))?;
         threads.push(spawn(bsp)?);
-        release(&partition, VpIndex::BSP)?;
-        for i in 1..args.vcpus {
+        let create = |i: u32| {
             let vp = partition
                 .create_vp(VpIndex(i))
                 .map_err(|e| VmmError::Setup(format!("HvCreateVp {i}: {e}")))?;
-            threads.push(spawn(vp)?);
+            let t = spawn(vp)?;
+            // An AP released waits for its start (in KVM, for a SIPI).
             release(&partition, VpIndex(i))?;
+            Ok::<_, VmmError>(t)
+        };
+        for i in 1..before_bsp {
+            threads.push(create(i)?);
+        }
+        release(&partition, VpIndex::BSP)?;
+        for i in before_bsp..args.vcpus {
+            threads.push(create(i)?);
         }
         timeline.mark(&format!("{} VPs created", args.vcpus));
         Ok::<(), VmmError>(())
