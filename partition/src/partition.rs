@@ -745,6 +745,13 @@ impl Partition {
             vcpu.get_cpuid2(KVM_MAX_CPUID_ENTRIES)
                 .map_err(kvm_err("KVM_GET_CPUID2"))?
         };
+        // KVM recomputes its APIC map while it creates a vCPU, before that vCPU
+        // counts as online, so the newest vCPU is missing from the map until the
+        // next recomputation and IPIs to it (an INIT/SIPI) are dropped. Setting
+        // its LAPIC state (unchanged) recomputes the map with it.
+        if let Ok(lapic) = vcpu.get_lapic() {
+            vcpu.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
+        }
         let shared = Arc::new(VpShared {
             index,
             vendor: hv_regs::CpuVendor::of(&cpuid),
@@ -765,10 +772,6 @@ impl Partition {
         let vp = Vp::new(self.clone(), shared.clone(), vcpu)?;
         *slot = Some(shared);
         drop(slot);
-        if index != VpIndex::BSP {
-            // Only APs are started: the first one's creation prepares the checks.
-            self.prepare_trial();
-        }
         // Under `expected`'s lock: a waiter checks the slot and sleeps under it.
         let _g = self.expected.lock().unwrap_or_else(|e| e.into_inner());
         self.created.notify_all();
@@ -906,10 +909,12 @@ impl Partition {
         })
     }
 
-    /// Creates the scratch VM of the start checks now, on the creating thread,
-    /// rather than on the first start (where it delayed that AP by a VM
-    /// creation). A failure is left for the first start to report.
-    fn prepare_trial(&self) {
+    /// Prepares what the first StartVirtualProcessor needs (a scratch VM on which
+    /// start contexts are loaded for KVM's verdict) now, on the calling thread;
+    /// otherwise the first start pays for a VM creation. A VMM calls it once its
+    /// APs are created, while the BSP runs. A failure is left for the first start
+    /// to report.
+    pub fn prepare_starts(&self) {
         let mut trial = self.trial.lock().unwrap_or_else(|e| e.into_inner());
         if trial.is_none() {
             *trial = self.new_trial().ok();

@@ -67,7 +67,7 @@ struct Variant {
 }
 
 fn boot(v: &Variant, kernel: &str, vcpus: u32, khz: f64) -> Option<Run> {
-    let args = smp_guest::args(kernel, KINDS[v.kind].0, vcpus);
+    let args = smp_guest::args(kernel, KINDS[v.kind].0, vcpus, true);
     let out = Command::new(&v.vmm)
         .args(&args)
         .stdin(Stdio::null())

@@ -1,13 +1,19 @@
 //! Boot-time harness: boots the minimal guest (guests/build.sh) with 1, 2, 4 and 8
-//! vCPUs, several times each, and reports VMM start -> BSP first entry -> all APs
-//! online -> "Run /init" (on hardware KVM: the /init marker) -> exit, and the peak
-//! RSS of the VMM process.
+//! vCPUs, several times each, and reports its phases: kernel loaded, BSP first
+//! entry, first and last AP started (the VMM's `--timings` clock), all APs
+//! online and user space ("Run /init"; on hardware KVM the /init marker), both
+//! from the spawn, the kernel's own SMP bring-up time (its printk clock, from
+//! "smp: Bringing up secondary CPUs" to "smp: Brought up"), exit, and the VMM's
+//! peak RSS.
 //!
 //!     cargo bench -p reference-vmm --bench boot
 //!
 //! HVKVM_BOOT_VCPUS (e.g. "1,4") and HVKVM_BOOT_RUNS (default 3) change the sweep;
 //! HVKVM_BOOT_HYPERV=vtl2 boots the VTL2 kernel with `--hyperv vtl2` instead (its
-//! APs started by the guest's own hypercalls).
+//! APs started by the guest's own hypercalls); HVKVM_BOOT_AP_START=init-sipi
+//! withholds the mailbox (APs by INIT/SIPI, which the VMM does not see: no AP
+//! start times). HVKVM_BOOT_KERNEL and HVKVM_BOOT_INITRAMFS boot other files
+//! (e.g. a distribution kernel; the nested tier passes the paths it carries).
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
@@ -18,7 +24,11 @@ use std::time::Instant;
 
 #[derive(Default, Clone, Debug)]
 struct Sample {
+    loaded: Option<f64>,
     bsp_entry: Option<f64>,
+    first_ap: Option<f64>,
+    last_ap: Option<f64>,
+    bringup_ms: Option<f64>,
     aps_online: Option<f64>,
     init: Option<f64>,
     exit: f64,
@@ -81,15 +91,34 @@ fn boot(vcpus: u32, kernel: &str, initramfs: &str, init_marker: &str, extra: &[&
         rss_mib: usage.ru_maxrss as f64 / 1024.0,
         ..Default::default()
     };
+    // "[   0.012345 s] BSP first entry" (the VMM's clock) or "[    0.123456]
+    // smp: ..." (the kernel's printk clock): the leading number.
+    let stamp = |line: &str| -> Option<f64> {
+        line.trim_start_matches('[')
+            .split([' ', ']'])
+            .find(|w| !w.is_empty())
+            .and_then(|v| v.parse().ok())
+    };
+    let mut bringup_from = None;
     for (stdout, line, t) in rx.try_iter() {
+        if !stdout && line.contains("] kernel loaded") {
+            s.loaded = stamp(&line);
+        }
         if !stdout && line.ends_with("BSP first entry") {
-            // The VMM's own clock: "[   0.012345 s] BSP first entry".
-            let v = line
-                .trim_start_matches('[')
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse().ok());
-            s.bsp_entry = v;
+            s.bsp_entry = stamp(&line);
+        }
+        if !stdout && line.contains("started through StartVirtualProcessor") {
+            let v = stamp(&line);
+            s.first_ap = s.first_ap.or(v);
+            s.last_ap = v.or(s.last_ap);
+        }
+        if stdout && line.contains("smp: Bringing up secondary CPUs") {
+            bringup_from = stamp(&line);
+        }
+        if stdout && line.contains("smp: Brought up") {
+            if let (Some(a), Some(b)) = (bringup_from, stamp(&line)) {
+                s.bringup_ms = Some((b - a) * 1000.0);
+            }
         }
         if stdout && s.aps_online.is_none() && line.contains("smp: Brought up") {
             s.aps_online = Some(t);
@@ -103,6 +132,10 @@ fn boot(vcpus: u32, kernel: &str, initramfs: &str, init_marker: &str, extra: &[&
 
 fn fmt(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.2}"))
+}
+
+fn fmt4(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.4}"))
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -121,16 +154,27 @@ fn main() {
     }
     let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
     let vtl2 = std::env::var("HVKVM_BOOT_HYPERV").is_ok_and(|v| v == "vtl2");
-    let (kernel, extra): (String, &[&str]) = if vtl2 {
-        (guest("vtl2/vmlinux"), &["--hyperv", "vtl2"])
+    let sipi = std::env::var("HVKVM_BOOT_AP_START").is_ok_and(|v| v == "init-sipi");
+    let mut extra: Vec<&str> = vec![];
+    let kernel = std::env::var("HVKVM_BOOT_KERNEL").unwrap_or_else(|_| {
+        guest(if vtl2 {
+            "vtl2/vmlinux"
+        } else {
+            "minimal/vmlinux"
+        })
+    });
+    if vtl2 {
+        extra.extend(["--hyperv", "vtl2"]);
+    }
+    if sipi {
+        extra.extend(["--ap-start", "init-sipi"]);
+    }
+    let (cpio, marker) = if pvm {
+        ("probe.cpio", "Run /init as init process")
     } else {
-        (guest("minimal/vmlinux"), &[])
+        ("busybox.cpio", "HVKVM-INIT")
     };
-    let (initramfs, marker) = if pvm {
-        (guest("probe.cpio"), "Run /init as init process")
-    } else {
-        (guest("busybox.cpio"), "HVKVM-INIT")
-    };
+    let initramfs = std::env::var("HVKVM_BOOT_INITRAMFS").unwrap_or_else(|_| guest(cpio));
     let vcpus: Vec<u32> = std::env::var("HVKVM_BOOT_VCPUS")
         .unwrap_or_else(|_| "1,2,4,8".into())
         .split(',')
@@ -145,29 +189,40 @@ fn main() {
         if pvm { "PVM" } else { "hardware KVM" },
         if vtl2 {
             "VTL2 (--hyperv vtl2, APs by hypercall)"
+        } else if sipi {
+            "minimal (APs by INIT/SIPI, --ap-start init-sipi)"
         } else {
             "minimal (APs by mailbox)"
         }
     );
+    println!("kernel {kernel}, initramfs {initramfs}; VMM clock: loaded .. last AP; spawn clock: online, init, exit");
     println!(
-        "{:>5} {:>4} {:>14} {:>14} {:>10} {:>8} {:>7} {:>9}",
+        "{:>5} {:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>6} {:>8}",
         "vcpus",
         "run",
-        "BSP entry (s)",
-        "APs online (s)",
-        "init (s)",
-        "exit (s)",
+        "loaded s",
+        "BSP s",
+        "1st AP s",
+        "last AP s",
+        "online s",
+        "bring-up ms",
+        "init s",
+        "exit s",
         "status",
-        "RSS (MiB)"
+        "RSS MiB"
     );
     for &n in &vcpus {
         let mut all = vec![];
         for run in 1..=runs {
-            let s = boot(n, &kernel, &initramfs, marker, extra);
+            let s = boot(n, &kernel, &initramfs, marker, &extra);
             println!(
-                "{n:>5} {run:>4} {:>14} {:>14} {:>10} {:>8.2} {:>7} {:>9.1}",
-                fmt(s.bsp_entry),
+                "{n:>5} {run:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8.2} {:>6} {:>8.1}",
+                fmt4(s.loaded),
+                fmt4(s.bsp_entry),
+                fmt4(s.first_ap),
+                fmt4(s.last_ap),
                 fmt(s.aps_online),
+                fmt(s.bringup_ms),
                 fmt(s.init),
                 s.exit,
                 s.status.map_or("-".into(), |c| c.to_string()),
@@ -177,10 +232,14 @@ fn main() {
         }
         let m = |f: &dyn Fn(&Sample) -> Option<f64>| median(all.iter().filter_map(f).collect());
         println!(
-            "{n:>5} {:>4} {:>14} {:>14} {:>10} {:>8} {:>7} {:>9}",
+            "{n:>5} {:>4} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>8} {:>8} {:>6} {:>8}",
             "med",
-            fmt(m(&|s| s.bsp_entry)),
+            fmt4(m(&|s| s.loaded)),
+            fmt4(m(&|s| s.bsp_entry)),
+            fmt4(m(&|s| s.first_ap)),
+            fmt4(m(&|s| s.last_ap)),
             fmt(m(&|s| s.aps_online)),
+            fmt(m(&|s| s.bringup_ms)),
             fmt(m(&|s| s.init)),
             fmt(m(&|s| Some(s.exit))),
             "",

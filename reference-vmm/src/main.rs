@@ -454,6 +454,9 @@ fn run(args: Args) -> Result<i32, VmmError> {
             threads.push(create(i)?);
         }
         timeline.mark(&format!("{} VPs created", args.vcpus));
+        if args.vcpus > 1 {
+            partition.prepare_starts();
+        }
         Ok::<(), VmmError>(())
     })();
     if let Err(e) = created {

@@ -117,6 +117,21 @@ hvkvm_smp_guest_start:
     mov word ptr [rdi + {gdtr_limit}], ax
     mov rax, qword ptr [0x10822]
     mov qword ptr [rdi + {gdtr_base}], rax
+    // A fourth character 'w': let the VMM settle first (2^28 ticks, about 0.1 s),
+    // as an OS's boot does before it starts its APs.
+3:  cmp byte ptr [r15 + 3], 0x77
+    jne 3f
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    mov rbp, rax
+27: pause
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    sub rax, rbp
+    shr rax, 28
+    jz 27b
     // Start the APs one after the other; per AP, the ticks to its 64-bit entry
     // at 0x14000 + 8 n and (SIPI) to its first real-mode instruction at
     // 0x15000 + 8 n; -1 for a timeout.
@@ -449,8 +464,9 @@ pub fn parse(out: &str) -> Report {
 }
 
 /// The arguments that boot the guest at `path` with `vcpus` vCPUs on `path_kind`
-/// (`m`, `h` or `s`).
-pub fn args(path: &str, kind: char, vcpus: u32) -> Vec<String> {
+/// (`m`, `h` or `s`); with `settle` the guest waits about 0.1 s before its first
+/// start, so the VMM has created its VPs (as by the time an OS starts its APs).
+pub fn args(path: &str, kind: char, vcpus: u32, settle: bool) -> Vec<String> {
     let mut a: Vec<String> = [
         "--kernel",
         path,
@@ -459,7 +475,7 @@ pub fn args(path: &str, kind: char, vcpus: u32) -> Vec<String> {
         "--memory",
         "256M",
         "--cmdline",
-        &format!("{kind}{vcpus:02}"),
+        &format!("{kind}{vcpus:02}{}", if settle { "w" } else { "" }),
     ]
     .iter()
     .map(|s| s.to_string())
