@@ -1,7 +1,7 @@
 //! The partition: a KVM VM with guest memory, an in-kernel irqchip, and the shared
 //! state of its virtual processors.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -237,6 +237,9 @@ pub(crate) struct VpInner {
     /// While non-zero the VP's thread must not enter KVM_RUN (the partition is
     /// changing its memory slots).
     pub paused: u32,
+    /// Threads waiting in [`VpShared::kick_and_wait`] for the VP to leave
+    /// KVM_RUN: only then does leaving notify `wake`.
+    pub kick_waiters: u32,
     pub initial_apic_id: u32,
     pub vp_assist_page: u64,
 }
@@ -253,6 +256,10 @@ pub(crate) struct VpShared {
     pub tsc_hz: u64,
     pub inner: Mutex<VpInner>,
     pub wake: Condvar,
+    /// `kvm_run.immediate_exit` of the VP's vCPU while its [`Vp`] lives (null
+    /// after): set under the VP lock with a kick, so a KVM_RUN the thread is
+    /// about to enter returns at once and one signal is always enough.
+    pub immediate_exit: AtomicPtr<u8>,
 }
 
 impl VpShared {
@@ -293,15 +300,31 @@ impl VpShared {
         drop(g);
         self.wake.notify_all();
         if suspended {
-            self.kick(|g| g.state.suspended());
+            self.kick_and_wait(|g| g.state.suspended());
         }
         Ok(())
     }
 
-    /// Sends one kick (the signal, or the VMM's callback) if the VP's thread is in
-    /// KVM_RUN and the request is still unseen, without waiting for it to leave;
-    /// [`Self::kick`] afterwards makes sure it did.
-    pub fn signal(&self, pending: impl Fn(&VpInner) -> bool) {
+    /// Sets or clears `kvm_run.immediate_exit`; the caller holds the VP lock.
+    pub fn set_immediate_exit(&self, _locked: &VpInner, value: u8) {
+        let p = self.immediate_exit.load(Ordering::Acquire);
+        if !p.is_null() {
+            // SAFETY: non-null only while the Vp owning the vCPU (and its kvm_run
+            // mapping) lives; Vp's drop nulls it under the VP lock, which the
+            // caller holds. A byte-sized atomic store: KVM reads the field at
+            // KVM_RUN entry.
+            unsafe { (*(p as *const std::sync::atomic::AtomicU8)).store(value, Ordering::Release) }
+        }
+    }
+
+    /// Gets the VP's thread out of KVM_RUN, if it is in it, so it sees what was
+    /// just requested (`pending` says whether the request is still unseen), and
+    /// returns without waiting. With [`Kick::Signal`]: under the VP lock,
+    /// `kvm_run.immediate_exit` is set (a KVM_RUN the thread is about to enter
+    /// returns at once; the thread clears it as it leaves) and the signal sent
+    /// once (a KVM_RUN in progress returns). With [`Kick::Callback`] the VMM is
+    /// asked once.
+    pub fn kick(&self, pending: impl Fn(&VpInner) -> bool) {
         let g = self.lock();
         if !pending(&g) {
             return;
@@ -309,48 +332,44 @@ impl VpShared {
         match &self.kick {
             Kick::Callback(f) => {
                 drop(g);
+                log::trace!("kick VP {} (VMM callback)", self.index.0);
                 f(self.index);
             }
             Kick::Signal(signal) => {
-                if let Some(thread) = g.in_kvm {
-                    let _ = ThreadHandle(thread).kill(*signal);
-                }
+                let Some(thread) = g.in_kvm else { return };
+                self.set_immediate_exit(&g, 1);
+                // The thread is alive: it clears `in_kvm` under this lock before
+                // it can leave its run loop.
+                log::trace!("kick VP {} (signal {signal})", self.index.0);
+                let _ = ThreadHandle(thread).kill(*signal);
             }
         }
     }
 
-    /// Gets the VP's thread out of KVM_RUN, if it is in it, so it sees what was
-    /// just requested (`pending` says whether the request is still unseen). With
-    /// [`Kick::Signal`] the signal is re-sent until the thread has left KVM_RUN
-    /// (one sent just before the thread enters the ioctl would otherwise be
-    /// lost), waiting on the VP's condition variable in between, which the thread
-    /// signals as it leaves. With [`Kick::Callback`] the VMM is asked once.
-    pub fn kick(&self, pending: impl Fn(&VpInner) -> bool) {
-        if let Kick::Callback(f) = &self.kick {
-            if pending(&self.lock()) {
-                log::trace!("kick VP {} (VMM callback)", self.index.0);
-                f(self.index);
-            }
-            return;
-        }
+    /// [`Self::kick`], then (with [`Kick::Signal`]) waits until the thread has
+    /// left KVM_RUN or seen the request. A callback is asked once and not waited
+    /// for.
+    pub fn kick_and_wait(&self, pending: impl Fn(&VpInner) -> bool) {
+        self.kick(&pending);
         let Kick::Signal(signal) = self.kick else {
             return;
         };
         let mut g = self.lock();
-        loop {
-            let Some(thread) = g.in_kvm else { return };
+        while let Some(thread) = g.in_kvm {
             if !pending(&g) {
                 return;
             }
-            // The thread is alive: it clears `in_kvm` under this lock before it
-            // can leave its run loop.
-            log::trace!("kick VP {} (signal {signal})", self.index.0);
-            let _ = ThreadHandle(thread).kill(signal);
+            g.kick_waiters += 1;
             g = self
                 .wake
-                .wait_timeout(g, Duration::from_micros(50))
+                .wait_timeout(g, Duration::from_millis(1))
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
+            g.kick_waiters -= 1;
+            if g.in_kvm == Some(thread) && pending(&g) {
+                // Not expected with immediate_exit set; harmless.
+                let _ = ThreadHandle(thread).kill(signal);
+            }
         }
     }
 }
@@ -764,10 +783,12 @@ impl Partition {
                 cancel: false,
                 in_kvm: None,
                 paused: 0,
+                kick_waiters: 0,
                 initial_apic_id: index.0,
                 vp_assist_page: 0,
             }),
             wake: Condvar::new(),
+            immediate_exit: AtomicPtr::new(std::ptr::null_mut()),
         });
         let vp = Vp::new(self.clone(), shared.clone(), vcpu)?;
         *slot = Some(shared);
@@ -836,6 +857,9 @@ impl Partition {
         }
         for vp in &vps {
             vp.kick(|g| g.paused > 0);
+        }
+        for vp in &vps {
+            vp.kick_and_wait(|g| g.paused > 0);
         }
         let r = overlay.place(&self.vm, to);
         self.overlay_at
@@ -1055,10 +1079,9 @@ impl Partition {
         Ok(())
     }
 
-    /// Cancels the runs of every VP that exists, in one pass: each is marked, every
-    /// thread in KVM_RUN is signalled, and only then is each waited for, so the
-    /// whole takes about one kick round however many VPs there are. Each
-    /// [`Vp::run`] returns [`exit_decoder::VpExit::Canceled`].
+    /// Cancels the runs of every VP that exists, in one pass: each is marked and
+    /// its thread kicked, without waiting for any. Each [`Vp::run`] returns
+    /// [`exit_decoder::VpExit::Canceled`].
     pub fn cancel_all(&self) {
         let vps: Vec<Arc<VpShared>> = (0..self.config.max_vps)
             .filter_map(|i| self.existing_vp(VpIndex(i)))
@@ -1068,14 +1091,7 @@ impl Partition {
             vp.wake.notify_all();
         }
         for vp in &vps {
-            vp.signal(|g| g.cancel);
-        }
-        // A callback is asked once; a signal may have been lost just before its
-        // thread entered KVM_RUN, and is re-sent until the thread has left.
-        if matches!(self.options.kick, Kick::Signal(_)) {
-            for vp in &vps {
-                vp.kick(|g| g.cancel);
-            }
+            vp.kick(|g| g.cancel);
         }
     }
 

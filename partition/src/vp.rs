@@ -50,11 +50,16 @@ fn leave_run(sync: &mut SyncDirty, synced: &mut bool, shared: &VpShared) {
     *synced = true;
     let mut g = shared.lock();
     g.in_kvm = None;
+    // Under the lock: a kick sets it only while `in_kvm` is Some.
+    shared.set_immediate_exit(&g, 0);
     if let Ok(s) = g.state.exit_run() {
         g.state = s;
     }
+    let waiters = g.kick_waiters > 0;
     drop(g);
-    shared.wake.notify_all();
+    if waiters {
+        shared.wake.notify_all();
+    }
 }
 
 /// What the partition did with an exit a VMM's own run loop handed it.
@@ -112,6 +117,16 @@ pub struct Vp {
     /// The last translation of the hypercall page's linear address, so that a
     /// hypercall costs no KVM_TRANSLATE while the paging state is the same.
     page_translation: Cell<Option<PageTranslation>>,
+}
+
+impl Drop for Vp {
+    fn drop(&mut self) {
+        // Under the VP lock, which a kicker holds while it writes through it.
+        let _g = self.shared.lock();
+        self.shared
+            .immediate_exit
+            .store(std::ptr::null_mut(), std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// A linear page and the GPA page it mapped to under one paging state.
@@ -234,6 +249,12 @@ impl Vp {
             })?;
         }
         let wrote_regs = Cell::new(false);
+        // The kvm_run mapping stays where it is for the VcpuFd's life; Drop for
+        // Vp withdraws the pointer.
+        let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
+        shared
+            .immediate_exit
+            .store(immediate_exit, std::sync::atomic::Ordering::Release);
         Ok(Vp {
             partition,
             shared,
