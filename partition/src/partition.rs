@@ -934,17 +934,24 @@ impl Partition {
     }
 
     /// Prepares what the first StartVirtualProcessor needs (a scratch VM on which
-    /// start contexts are loaded for KVM's verdict) now, on the calling thread;
-    /// otherwise the first start pays for a VM creation. A VMM calls it once its
-    /// APs are created, while the BSP runs. A failure is left for the first start
-    /// to report.
-    pub fn prepare_starts(&self) {
-        let mut trial = self.trial.lock().unwrap_or_else(|e| e.into_inner());
-        if trial.is_none() {
-            *trial = self.new_trial().ok();
+    /// start contexts are loaded for KVM's verdict) now, on the calling thread,
+    /// and checks the `expected` contexts (say, the one a VMM's mailbox starts
+    /// APs with), so starts with the same system state skip KVM's check; without
+    /// this the first start pays for both. A VMM calls it once its APs are
+    /// created, while the BSP runs. Failures are left for the starts to report.
+    pub fn prepare_starts(&self, expected: &[InitialVpContext]) {
+        {
+            let mut trial = self.trial.lock().unwrap_or_else(|e| e.into_inner());
+            if trial.is_none() {
+                *trial = self.new_trial().ok();
+            }
+        }
+        for ctx in expected {
+            let _ = self.check_context_loads(ctx);
         }
     }
 
+    /// VP `index` if it exists now.
     pub(crate) fn existing_vp(&self, index: VpIndex) -> Option<Arc<VpShared>> {
         self.vps
             .get(index.0 as usize)?

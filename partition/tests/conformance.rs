@@ -582,6 +582,8 @@ fn start_checks_hold_after_an_accepted_context() {
     let p = partition(4, Some(Vtl::VTL0));
     let _vps: Vec<_> = (0..4).map(|i| p.create_vp(vp(i)).unwrap()).collect();
     let good = ctx64(AP_CODE, stack(1));
+    // Checked ahead of the starts, as a VMM's mailbox context would be.
+    p.prepare_starts(&[ctx64(0, 0)]);
     p.start_virtual_processor(vp(1), Vtl::VTL0, &good).unwrap();
     let non_canonical = InitialVpContext {
         rip: 0x0000_8000_0000_0000,

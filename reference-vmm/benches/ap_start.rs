@@ -14,9 +14,11 @@
 //! HVKVM_APSTART_VCPUS=2,4,8,16,32,64 HVKVM_APSTART_ROUNDS=11 \
 //!   cargo bench -p reference-vmm --bench ap_start
 //! ```
-//! `HVKVM_APSTART_VMM` names another reference-vmm binary (the nested tier runs
-//! the bench executable and the VMM inside L1); `HVKVM_APSTART_BASELINE` names a
-//! second build whose runs are interleaved with the first's (A/B), with ratios.
+//! `HVKVM_APSTART_GAP_MS` is the idle gap between runs (default 100; a VM's
+//! deferred clean-up takes longer in the nested tier). `HVKVM_APSTART_VMM` names
+//! another reference-vmm binary (the nested tier runs the bench executable and the
+//! VMM inside L1); `HVKVM_APSTART_BASELINE` names a second build whose runs are
+//! interleaved with the first's (A/B), with ratios.
 
 #[path = "../tests/common/smp_guest.rs"]
 mod smp_guest;
@@ -115,6 +117,11 @@ fn main() {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
+    let gap = Duration::from_millis(
+        env("HVKVM_APSTART_GAP_MS")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100),
+    );
     let vmm =
         env("HVKVM_APSTART_VMM").unwrap_or_else(|| env!("CARGO_BIN_EXE_reference-vmm").to_string());
     let mut variants: Vec<Variant> = (0..KINDS.len())
@@ -162,7 +169,7 @@ fn main() {
             for k in 0..variants.len() {
                 let i = (k + round) % variants.len();
                 runs[i].push(boot(&variants[i], &kernel, vcpus, khz));
-                std::thread::sleep(Duration::from_millis(100));
+                std::thread::sleep(gap);
             }
         }
         for (i, v) in variants.iter().enumerate() {

@@ -346,9 +346,10 @@ fn run(args: Args) -> Result<i32, VmmError> {
         None => None,
     };
     boot::write_page_tables_and_gdt(&mem)?;
+    let mp_wakeup = hyperv.is_none() && args.ap_start == ApStart::Mailbox;
     let tables = acpi::build(&acpi::MadtConfig {
         apic_ids: (0..args.vcpus as u8).collect(),
-        mp_wakeup: hyperv.is_none() && args.ap_start == ApStart::Mailbox,
+        mp_wakeup,
     });
     for (addr, bytes) in &tables.pieces {
         mem.write_slice(bytes, GuestAddress(*addr))
@@ -377,7 +378,7 @@ fn run(args: Args) -> Result<i32, VmmError> {
             serial_irq,
             Box::new(std::io::stdout()),
             timeline.clone(),
-            hyperv.is_none() && args.ap_start == ApStart::Mailbox,
+            mp_wakeup,
         )
         .map_err(|e| VmmError::Setup(e.to_string()))?,
     );
@@ -455,7 +456,13 @@ fn run(args: Args) -> Result<i32, VmmError> {
         }
         timeline.mark(&format!("{} VPs created", args.vcpus));
         if args.vcpus > 1 {
-            partition.prepare_starts();
+            // The mailbox starts every AP with the same system state.
+            let mailbox = boot::context64(0, 0);
+            partition.prepare_starts(if mp_wakeup {
+                std::slice::from_ref(&mailbox)
+            } else {
+                &[]
+            });
         }
         Ok::<(), VmmError>(())
     })();
