@@ -505,6 +505,26 @@ impl Partition {
         check_config(&config)?;
         let kvm = Kvm::new().map_err(PartitionError::OpenKvm)?;
         let kvm_err = |what| move |source| PartitionError::Kvm { what, source };
+        // KVM_GET_SUPPORTED_CPUID (a few hundred microseconds) runs on a thread
+        // of its own while the VM and its memory are set up.
+        let (vm, memory, ram, supported) = std::thread::scope(|scope| {
+            let supported = scope.spawn(|| kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES));
+            let made = Self::vm_with_memory(&kvm, &config);
+            let supported = supported
+                .join()
+                .unwrap_or(Err(kvm_ioctls::Error::new(libc::EINTR)));
+            made.map(|(vm, memory, ram)| (vm, memory, ram, supported))
+        })?;
+        let supported = supported.map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        Self::finish(kvm, vm, memory, ram, config, options, Some(supported))
+    }
+
+    /// A VM with `config.memory` registered as its RAM.
+    fn vm_with_memory(
+        kvm: &Kvm,
+        config: &PartitionConfig,
+    ) -> Result<(VmFd, GuestMemoryMmap, Vec<RamSlot>), PartitionError> {
+        let kvm_err = |what| move |source| PartitionError::Kvm { what, source };
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let ranges: Vec<(GuestAddress, usize)> = config
             .memory
@@ -535,7 +555,7 @@ impl Partition {
             unsafe { vm.set_user_memory_region(region) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
-        Self::finish(kvm, vm, memory, ram, config, options)
+        Ok((vm, memory, ram))
     }
 
     /// Builds a partition over a VM the VMM created and whose memory it
@@ -588,7 +608,7 @@ impl Partition {
             )));
         }
         let ram = ram_slots(&memory, &slots)?;
-        Self::finish(kvm, vm, memory, ram, config, options)
+        Self::finish(kvm, vm, memory, ram, config, options, None)
     }
 
     /// What both constructors share once the VM and its memory exist.
@@ -599,6 +619,7 @@ impl Partition {
         ram: Vec<RamSlot>,
         config: PartitionConfig,
         options: PartitionOptions,
+        supported_cpuid: Option<CpuId>,
     ) -> Result<Arc<Partition>, PartitionError> {
         let max = kvm.get_max_vcpus().min(u32::MAX as usize) as u32;
         if config.max_vps == 0 || config.max_vps > max {
@@ -654,9 +675,12 @@ impl Partition {
                     .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
             }
         }
-        let supported_cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported_cpuid = match supported_cpuid {
+            Some(c) => c,
+            None => kvm
+                .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?,
+        };
         if let Kick::Signal(signal) = options.kick {
             install_kick_handler(signal).map_err(PartitionError::Signal)?;
         }

@@ -17,6 +17,7 @@
 //!
 //! No peer is installed by the benchmark; without the variables only
 //! reference-vmm runs. Firecracker takes at most 32 vCPUs.
+//! `HVKVM_PEER_BASELINE` adds another reference-vmm build as a peer (A/B).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -94,7 +95,7 @@ fn command(vmm: &Vmm, kernel: &Path, vcpus: u32, dir: &Path) -> Option<Command> 
     let k = kernel.to_string_lossy().into_owned();
     let mut c = Command::new(&vmm.binary);
     match vmm.name {
-        "reference-vmm" => {
+        "reference-vmm" | "reference-vmm-base" => {
             c.args([
                 "--kernel",
                 &k,
@@ -212,6 +213,7 @@ fn main() {
         binary: PathBuf::from(env!("CARGO_BIN_EXE_reference-vmm")),
     }];
     for (var, name) in [
+        ("HVKVM_PEER_BASELINE", "reference-vmm-base"),
         ("HVKVM_PEER_CLOUD_HYPERVISOR", "cloud-hypervisor"),
         ("HVKVM_PEER_FIRECRACKER", "firecracker"),
     ] {

@@ -242,6 +242,11 @@ fn run(args: Args) -> Result<i32, VmmError> {
     let start = Instant::now();
     let timeline = Arc::new(Timeline::new(start, args.timings));
     timeline.mark("VMM start");
+    // The seccomp filters are compiled on a thread of their own while the VM is
+    // set up; the VP threads need them first.
+    let no_seccomp = args.no_seccomp;
+    let filters =
+        std::thread::spawn(move || (!no_seccomp).then(seccomp::Filters::build).transpose());
 
     // Input checks that need no KVM: sizes, then the files, then the command line.
     if args.memory % 4096 != 0 {
@@ -394,11 +399,10 @@ fn run(args: Args) -> Result<i32, VmmError> {
     } else {
         1
     };
-    let filters = if args.no_seccomp {
-        None
-    } else {
-        Some(seccomp::Filters::build().map_err(VmmError::Setup)?)
-    };
+    let filters = filters
+        .join()
+        .map_err(|_| VmmError::Setup("compiling the seccomp filters panicked".into()))?
+        .map_err(VmmError::Setup)?;
     partition.expect_vps(args.vcpus);
     let spawn = |vp: Vp| {
         let (d, t) = (devices.clone(), timeline.clone());
