@@ -428,6 +428,9 @@ pub struct Partition {
     /// context is loaded first: KVM's own verdict on it, before the target's
     /// thread is handed the context.
     trial: Mutex<Option<Trial>>,
+    /// Whether the partition created its VM (not adopted): the start checks may
+    /// then use a spare vCPU of it.
+    own_vm: bool,
     /// VPs below this index are promised by [`Partition::expect_vps`]: a lookup of
     /// one not yet created waits on `created` for its creation.
     expected: Mutex<u32>,
@@ -440,7 +443,8 @@ pub const CREATION_WAIT: Duration = Duration::from_secs(10);
 /// The scratch VM and vCPU of [`Partition::check_context_loads`].
 #[derive(Debug)]
 struct Trial {
-    _vm: VmFd,
+    /// A VM of its own, or none when the vCPU is a spare one of the partition's.
+    _vm: Option<VmFd>,
     vcpu: kvm_ioctls::VcpuFd,
     /// Contexts KVM accepted, as [`trial_key`]s: a start whose key is here is
     /// not loaded again.
@@ -621,6 +625,8 @@ impl Partition {
         options: PartitionOptions,
         supported_cpuid: Option<CpuId>,
     ) -> Result<Arc<Partition>, PartitionError> {
+        // with_options hands the CPUID it queried alongside; adopt does not.
+        let own_vm = supported_cpuid.is_some();
         let max = kvm.get_max_vcpus().min(u32::MAX as usize) as u32;
         if config.max_vps == 0 || config.max_vps > max {
             return Err(PartitionError::VpCount {
@@ -708,6 +714,7 @@ impl Partition {
             overlay_at: AtomicU64::new(NO_OVERLAY),
             gpa_limit,
             trial: Mutex::new(None),
+            own_vm,
             expected: Mutex::new(0),
             created: Condvar::new(),
         }))
@@ -941,6 +948,22 @@ impl Partition {
 
     /// The scratch VM and vCPU of [`Self::check_context_loads`].
     fn new_trial(&self) -> HvResult<Trial> {
+        let cpuid = self.vp_cpuid(VpIndex(0));
+        // A spare vCPU of the partition's own VM (id max_vps, beyond every VP;
+        // it never runs and no table names it) costs no VM: creating and
+        // destroying a VM each waits for KVM's grace periods. A VMM's adopted VM
+        // is left alone: a VM of its own.
+        if self.own_vm && (self.config.max_vps as usize) < self.kvm.get_max_vcpus() {
+            if let Ok(vcpu) = self.vm.create_vcpu(self.config.max_vps as u64) {
+                vcpu.set_cpuid2(&cpuid)
+                    .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
+                return Ok(Trial {
+                    _vm: None,
+                    vcpu,
+                    accepted: Vec::new(),
+                });
+            }
+        }
         let vm = self
             .kvm
             .create_vm()
@@ -948,10 +971,10 @@ impl Partition {
         let vcpu = vm
             .create_vcpu(0)
             .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
-        vcpu.set_cpuid2(&self.vp_cpuid(VpIndex(0)))
+        vcpu.set_cpuid2(&cpuid)
             .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
         Ok(Trial {
-            _vm: vm,
+            _vm: Some(vm),
             vcpu,
             accepted: Vec::new(),
         })
