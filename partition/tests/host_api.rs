@@ -447,3 +447,109 @@ fn cancel_all_ends_every_run_in_one_pass() {
     // A hang would be caught by the test's timeout; the time is for the log.
     eprintln!("cancel_all + join of 8 VPs: {:?}", t.elapsed());
 }
+
+/// A started VP's registers, read by the host after its pending start was
+/// loaded (into `kvm_run`'s synced registers) but before it ran, are the start
+/// context's; after it ran, its own. Nine starts with nine system states also
+/// pass through the partition's memory of accepted contexts (eight).
+#[test]
+fn a_started_vp_reads_its_context_before_and_after_it_runs() {
+    use HvRegisterName as N;
+    let p = partition(11, Some(Vtl::VTL0));
+    const OWN_CODE: u64 = 0x3F000;
+    p.memory()
+        .write_slice(&Asm::default().out(0x20).spin().0, GuestAddress(OWN_CODE))
+        .unwrap();
+    let mut vps: Vec<_> = (0..11).map(|i| p.create_vp(vp(i)).unwrap()).collect();
+    for i in 1..11u32 {
+        let mut ctx = ctx64(OWN_CODE, stack(i));
+        if i > 2 {
+            // Never run: any page-aligned root in RAM is a distinct system state.
+            ctx.cr3 = DATA + 0x1000 * i as u64;
+        }
+        p.start_virtual_processor(vp(i), Vtl::VTL0, &ctx).unwrap();
+    }
+    p.set_explicit_suspend(vp(1), false).unwrap();
+    let v1 = &mut vps[1];
+    assert!(v1.prepare_run().is_none(), "runnable");
+    let before = v1.get_registers(&[N::RIP, N::RSP, N::CR3]).unwrap();
+    assert_eq!(
+        [before[0].low, before[1].low, before[2].low],
+        [OWN_CODE, stack(1), PML4]
+    );
+    match v1.vcpu_for_run().run() {
+        Ok(kvm_ioctls::VcpuExit::IoOut(0x20, _)) => {}
+        other => panic!("expected the guest's OUT to 0x20, got {other:?}"),
+    }
+    v1.finish_run();
+    let after = v1.get_registers(&[N::RIP]).unwrap();
+    assert_eq!(after[0].low, OWN_CODE + 2, "after the 2-byte OUT");
+    // VP 2 runs on the synced copy directly, then its registers are read.
+    p.set_explicit_suspend(vp(2), false).unwrap();
+    let v2 = &mut vps[2];
+    assert!(v2.prepare_run().is_none(), "runnable");
+    match v2.vcpu_for_run().run() {
+        Ok(kvm_ioctls::VcpuExit::IoOut(0x20, _)) => {}
+        other => panic!("expected the guest's OUT to 0x20, got {other:?}"),
+    }
+    v2.finish_run();
+    let after = v2.get_registers(&[N::RIP, N::RSP]).unwrap();
+    assert_eq!([after[0].low, after[1].low], [OWN_CODE + 2, stack(2)]);
+}
+
+/// A partition adopted into a VMM's VM checks start contexts on a VM of its own
+/// (it adds no vCPU to the VMM's VM), with the same verdicts.
+#[test]
+fn an_adopted_partition_checks_starts_outside_the_vmms_vm() {
+    use hv_partition::VmParts;
+    let kvm = kvm_ioctls::Kvm::new().expect("the partition tests need /dev/kvm");
+    let vm = kvm.create_vm().unwrap();
+    let memory =
+        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+    let host = vm_memory::GuestMemoryBackend::get_host_address(&memory, GuestAddress(0)).unwrap();
+    // SAFETY: the region is mapped for RAM bytes at `host`; the partition keeps
+    // `memory` for as long as the VM exists.
+    unsafe {
+        vm.set_user_memory_region(kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: RAM,
+            userspace_addr: host as u64,
+        })
+    }
+    .unwrap();
+    let p = Partition::adopt(
+        VmParts {
+            kvm,
+            vm,
+            memory,
+            ram_slots: vec![0],
+        },
+        PartitionConfig {
+            max_vps: 2,
+            memory: vec![(0, RAM)],
+            hyperv: None,
+            cpuid_masks: vec![],
+        },
+        hv_partition::PartitionOptions::default(),
+    )
+    .unwrap();
+    write_tables(p.memory());
+    let _v0 = p.create_vp(vp(0)).unwrap();
+    let _v1 = p.create_vp(vp(1)).unwrap();
+    let good = ctx64(AP_CODE, stack(1));
+    let smxe = hv_defs::InitialVpContext {
+        cr4: good.cr4 | (1 << 14),
+        ..good
+    };
+    p.prepare_starts(&[good]);
+    assert_eq!(
+        p.start_virtual_processor(vp(1), Vtl::VTL0, &smxe)
+            .map_err(|e| e.status()),
+        Err(HvError::INVALID_REGISTER_VALUE)
+    );
+    p.start_virtual_processor(vp(1), Vtl::VTL0, &good).unwrap();
+    // The VMM's VM holds only its VPs: vCPU id 2 is still free.
+    assert!(p.vm().create_vcpu(2).is_ok());
+}
