@@ -482,8 +482,12 @@ fn a_started_vp_reads_its_context_before_and_after_it_runs() {
         other => panic!("expected the guest's OUT to 0x20, got {other:?}"),
     }
     v1.finish_run();
-    let after = v1.get_registers(&[N::RIP]).unwrap();
-    assert_eq!(after[0].low, OWN_CODE + 2, "after the 2-byte OUT");
+    // KVM-SVM completes a port write to user space at the next entry (RIP still
+    // at the OUT); PVM before the exit (RIP after it).
+    let at_out = [OWN_CODE, OWN_CODE + 2];
+    let after = v1.get_registers(&[N::RIP, N::RSP]).unwrap();
+    assert!(at_out.contains(&after[0].low), "RIP {:#x}", after[0].low);
+    assert_eq!(after[1].low, stack(1));
     // VP 2 runs on the synced copy directly, then its registers are read.
     p.set_explicit_suspend(vp(2), false).unwrap();
     let v2 = &mut vps[2];
@@ -494,7 +498,8 @@ fn a_started_vp_reads_its_context_before_and_after_it_runs() {
     }
     v2.finish_run();
     let after = v2.get_registers(&[N::RIP, N::RSP]).unwrap();
-    assert_eq!([after[0].low, after[1].low], [OWN_CODE + 2, stack(2)]);
+    assert!(at_out.contains(&after[0].low), "RIP {:#x}", after[0].low);
+    assert_eq!(after[1].low, stack(2));
 }
 
 /// A partition adopted into a VMM's VM checks start contexts on a VM of its own
