@@ -62,8 +62,10 @@ pub struct PartitionConfig {
 #[derive(Clone)]
 pub enum Kick {
     /// Send this signal to the thread inside [`Vp::run`] (the partition installs
-    /// an empty handler for it), re-sent until the thread has left `KVM_RUN`.
-    /// Pick one the VMM does not use for anything else.
+    /// an empty handler for it), with the vCPU's `kvm_run.immediate_exit` set
+    /// first under the VP lock, so one signal is enough even if the thread is
+    /// just entering `KVM_RUN` (the partition clears it when `KVM_RUN` returns).
+    /// Pick a signal the VMM does not use for anything else.
     Signal(i32),
     /// Call this with the VP's index; the VMM gets its own vCPU thread out of
     /// `KVM_RUN` (its signal, `immediate_exit`). For VMMs that run the vCPU in
