@@ -307,6 +307,14 @@ impl VpShared {
         Ok(())
     }
 
+    /// Cancels the VP's current or next run: its thread is woken or kicked, and
+    /// its [`Vp::run`] returns `Canceled`. Does not wait.
+    pub fn cancel(&self) {
+        self.lock().cancel = true;
+        self.wake.notify_all();
+        self.kick(|g| g.cancel);
+    }
+
     /// Sets or clears `kvm_run.immediate_exit`; the caller holds the VP lock.
     pub fn set_immediate_exit(&self, _locked: &VpInner, value: u8) {
         let p = self.immediate_exit.load(Ordering::Acquire);
@@ -348,11 +356,16 @@ impl VpShared {
         }
     }
 
-    /// [`Self::kick`], then (with [`Kick::Signal`]) waits until the thread has
-    /// left KVM_RUN or seen the request. A callback is asked once and not waited
-    /// for.
+    /// [`Self::kick`], then [`Self::wait_left`].
     pub fn kick_and_wait(&self, pending: impl Fn(&VpInner) -> bool) {
         self.kick(&pending);
+        self.wait_left(pending);
+    }
+
+    /// After a [`Self::kick`], waits (with [`Kick::Signal`]) until the thread has
+    /// left KVM_RUN or seen the request. A callback is asked once and not waited
+    /// for.
+    pub fn wait_left(&self, pending: impl Fn(&VpInner) -> bool) {
         let Kick::Signal(signal) = self.kick else {
             return;
         };
@@ -888,11 +901,12 @@ impl Partition {
         for vp in &vps {
             vp.lock().paused += 1;
         }
+        // Every thread kicked first, then each waited for: one round for all.
         for vp in &vps {
             vp.kick(|g| g.paused > 0);
         }
         for vp in &vps {
-            vp.kick_and_wait(|g| g.paused > 0);
+            vp.wait_left(|g| g.paused > 0);
         }
         let r = overlay.place(&self.vm, to);
         self.overlay_at
@@ -915,12 +929,13 @@ impl Partition {
             Some(t) => t,
             None => trial.insert(self.new_trial()?),
         };
-        // The VP model's own checks (canonical RIP, segment attributes, ...) on
-        // every start; KVM's only for a context it has not accepted yet.
-        hv_regs::context_to_kvm(context, &Default::default()).map_err(hv_regs::context_status)?;
+        // The VP model's own checks (canonical RIP, segment attributes, ...) run
+        // on every start; KVM's only for a context it has not accepted yet.
         let key = trial_key(context);
         if t.accepted.contains(&key) {
-            return Ok(());
+            return hv_regs::context_to_kvm(context, &Default::default())
+                .map(|_| ())
+                .map_err(hv_regs::context_status);
         }
         let base = t
             .vcpu
@@ -950,33 +965,26 @@ impl Partition {
 
     /// The scratch VM and vCPU of [`Self::check_context_loads`].
     fn new_trial(&self) -> HvResult<Trial> {
-        let cpuid = self.vp_cpuid(VpIndex(0));
+        let no_room = |_| HvError::INSUFFICIENT_MEMORY;
         // A spare vCPU of the partition's own VM (id max_vps, beyond every VP;
         // it never runs and no table names it) costs no VM: creating and
         // destroying a VM each waits for KVM's grace periods. A VMM's adopted VM
         // is left alone: a VM of its own.
-        if self.own_vm && (self.config.max_vps as usize) < self.kvm.get_max_vcpus() {
-            if let Ok(vcpu) = self.vm.create_vcpu(self.config.max_vps as u64) {
-                vcpu.set_cpuid2(&cpuid)
-                    .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
-                return Ok(Trial {
-                    _vm: None,
-                    vcpu,
-                    accepted: Vec::new(),
-                });
+        let spare = (self.own_vm && (self.config.max_vps as usize) < self.kvm.get_max_vcpus())
+            .then(|| self.vm.create_vcpu(self.config.max_vps as u64).ok())
+            .flatten();
+        let (vm, vcpu) = match spare {
+            Some(vcpu) => (None, vcpu),
+            None => {
+                let vm = self.kvm.create_vm().map_err(no_room)?;
+                let vcpu = vm.create_vcpu(0).map_err(no_room)?;
+                (Some(vm), vcpu)
             }
-        }
-        let vm = self
-            .kvm
-            .create_vm()
-            .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
-        let vcpu = vm
-            .create_vcpu(0)
-            .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
-        vcpu.set_cpuid2(&cpuid)
-            .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
+        };
+        vcpu.set_cpuid2(&self.vp_cpuid(VpIndex(0)))
+            .map_err(no_room)?;
         Ok(Trial {
-            _vm: Some(vm),
+            _vm: vm,
             vcpu,
             accepted: Vec::new(),
         })
@@ -1128,10 +1136,9 @@ impl Partition {
     /// Cancels the current (or next) run of VP `index` from another thread: its
     /// [`Vp::run`] returns [`exit_decoder::VpExit::Canceled`].
     pub fn cancel_run(&self, index: VpIndex) -> HvResult<()> {
-        let vp = self.vp_shared(index).ok_or(HvError::INVALID_VP_INDEX)?;
-        vp.lock().cancel = true;
-        vp.wake.notify_all();
-        vp.kick(|g| g.cancel);
+        self.vp_shared(index)
+            .ok_or(HvError::INVALID_VP_INDEX)?
+            .cancel();
         Ok(())
     }
 
@@ -1139,15 +1146,8 @@ impl Partition {
     /// its thread kicked, without waiting for any. Each [`Vp::run`] returns
     /// [`exit_decoder::VpExit::Canceled`].
     pub fn cancel_all(&self) {
-        let vps: Vec<Arc<VpShared>> = (0..self.config.max_vps)
-            .filter_map(|i| self.existing_vp(VpIndex(i)))
-            .collect();
-        for vp in &vps {
-            vp.lock().cancel = true;
-            vp.wake.notify_all();
-        }
-        for vp in &vps {
-            vp.kick(|g| g.cancel);
+        for vp in (0..self.config.max_vps).filter_map(|i| self.existing_vp(VpIndex(i))) {
+            vp.cancel();
         }
     }
 
