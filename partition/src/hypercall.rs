@@ -14,7 +14,8 @@ use hv_hypercall::{
 };
 use hv_regs::{location, HvRegisterName, KvmRegister, Synthetic};
 
-use crate::partition::{start_vp, VpShared};
+use crate::partition::start_vp;
+use crate::shared::VpShared;
 use crate::vp::{access_status, Vp};
 
 impl Vp {

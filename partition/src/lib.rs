@@ -43,21 +43,34 @@
 #![deny(clippy::wildcard_enum_match_arm)]
 
 pub mod choices;
+mod config;
+mod error;
 mod hypercall;
 pub mod hyperv;
+mod kick;
 mod msr;
 mod overlay;
 mod partition;
+mod run_state;
+mod shared;
+mod start_check;
 mod stats;
 mod vp;
 
+pub use config::{CpuidMask, HyperVConfig, Kick, PartitionConfig, PartitionOptions, VmParts};
+pub use error::{PartitionError, VpError};
 pub use exit_decoder::{Access, InternalError, MsrAccess, VpExit};
-pub use partition::{
-    CpuidMask, HyperVConfig, Kick, Partition, PartitionConfig, PartitionError, PartitionOptions,
-    StartObserver, VmParts, VpError, CREATION_WAIT,
-};
-pub use stats::{Counter, Stats};
+pub use partition::{Partition, StartObserver, CREATION_WAIT};
+pub use stats::{exit_name, Counter, Stats};
 pub use vp::{Handled, Vp};
+
+// The dependencies whose types appear in this crate's public signatures.
+pub use exit_decoder;
+pub use hv_defs;
+pub use hv_regs;
+pub use kvm_bindings;
+pub use kvm_ioctls;
+pub use vm_memory;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

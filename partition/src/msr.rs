@@ -6,7 +6,8 @@ use exit_decoder::MsrAccess;
 use hv_defs::VpIndex;
 
 use crate::hyperv;
-use crate::partition::{HvPartitionState, Partition};
+use crate::partition::Partition;
+use crate::shared::HvPartitionState;
 use crate::vp::Handled;
 
 /// HV_X64_MSR_HYPERCALL: enable (bit 0), locked (bit 1), RsvdP (bits 11:2).

@@ -44,7 +44,13 @@ pub(crate) struct Overlay {
 
 impl Overlay {
     /// An overlay page holding `contents` (padded with `int3`), not yet mapped.
-    pub fn new(contents: &[u8], ram: Vec<RamSlot>) -> std::io::Result<Overlay> {
+    /// The overlay uses `slots` (the page's, the RAM above it), or the two
+    /// slots above the highest RAM slot.
+    pub fn new(
+        contents: &[u8],
+        ram: Vec<RamSlot>,
+        slots: Option<[u32; 2]>,
+    ) -> std::io::Result<Overlay> {
         let page = MmapRegion::new(PAGE as usize).map_err(std::io::Error::other)?;
         let mut bytes = vec![0xCCu8; PAGE as usize];
         bytes[..contents.len()].copy_from_slice(contents);
@@ -52,11 +58,12 @@ impl Overlay {
         // nothing else references yet.
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), page.as_ptr(), bytes.len()) };
         let next = ram.iter().map(|r| r.slot + 1).max().unwrap_or(0);
+        let [overlay_slot, upper_slot] = slots.unwrap_or([next, next + 1]);
         Ok(Overlay {
             page,
             ram,
-            overlay_slot: next,
-            upper_slot: next + 1,
+            overlay_slot,
+            upper_slot,
             at: None,
             lower: false,
             upper: false,

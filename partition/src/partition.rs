@@ -1,8 +1,8 @@
 //! The partition: a KVM VM with guest memory, an in-kernel irqchip, and the shared
 //! state of its virtual processors.
 
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hv_defs::{HvError, HvResult, InitialVpContext, PartitionId, VpIndex, Vtl};
@@ -15,403 +15,19 @@ use kvm_ioctls::{
     Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd,
 };
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use vp_state::{Activity, VpState};
 
+use crate::config::{Kick, PartitionConfig, PartitionOptions, VmParts};
+use crate::error::{PartitionError, VpError};
 use crate::hyperv;
+use crate::kick::{prepare_signal, VpKicker};
 use crate::overlay::{Overlay, RamSlot};
+use crate::run_state::{pause, RunGate};
+use crate::shared::{HvPartitionState, VpInner, VpShared};
+use crate::start_check::Trial;
 use crate::stats::Stats;
 use crate::vp::Vp;
 
-/// How the partition presents the Hyper-V interface to its guest.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct HyperVConfig {
-    /// The VTL the boot processor runs in. A Linux kernel built with
-    /// `CONFIG_HYPERV_VTL_MODE` expects [`Vtl::VTL2`].
-    pub boot_vtl: Vtl,
-}
-
-/// Bits to clear from one CPUID leaf of every VP, after the partition has built it.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct CpuidMask {
-    /// The leaf (EAX input).
-    pub function: u32,
-    /// The sub-leaf (ECX input), for leaves that have them.
-    pub index: u32,
-    /// Bits to clear in EAX, EBX, ECX, EDX.
-    pub clear: [u32; 4],
-}
-
-/// What to build a partition with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartitionConfig {
-    /// The number of VP indexes (0..max_vps) VPs may be created with.
-    pub max_vps: u32,
-    /// Guest RAM as (guest-physical address, size) ranges, page aligned.
-    pub memory: Vec<(u64, u64)>,
-    /// `Some` to present the Hyper-V CPUID leaves, synthetic MSRs, hypercall page
-    /// and hypercalls; `None` for a plain KVM guest.
-    pub hyperv: Option<HyperVConfig>,
-    /// Features to hide from the guest (e.g. KVM paravirtual features a host cannot
-    /// serve). Empty for KVM's full supported set.
-    pub cpuid_masks: Vec<CpuidMask>,
-}
-
-/// How the partition gets a VP's thread out of `KVM_RUN` when another thread
-/// needs it to see a request (a start, a cancel, a suspend, a memory-slot change).
-#[derive(Clone)]
-pub enum Kick {
-    /// Send this signal to the thread inside [`Vp::run`] (the partition installs
-    /// an empty handler for it), with the vCPU's `kvm_run.immediate_exit` set
-    /// first under the VP lock, so one signal is enough even if the thread is
-    /// just entering `KVM_RUN` (the partition clears it when `KVM_RUN` returns).
-    /// Pick a signal the VMM does not use for anything else.
-    Signal(i32),
-    /// Call this with the VP's index; the VMM gets its own vCPU thread out of
-    /// `KVM_RUN` (its signal, `immediate_exit`). For VMMs that run the vCPU in
-    /// their own loop ([`Vp::prepare_run`]).
-    Callback(Arc<dyn Fn(VpIndex) + Send + Sync>),
-}
-
-impl std::fmt::Debug for Kick {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Kick::Signal(n) => write!(f, "Kick::Signal({n})"),
-            Kick::Callback(_) => f.write_str("Kick::Callback(..)"),
-        }
-    }
-}
-
-impl Default for Kick {
-    /// `SIGRTMIN + 2` (Cloud Hypervisor kicks its vCPUs with SIGRTMIN).
-    fn default() -> Self {
-        Kick::Signal(SIGRTMIN() + 2)
-    }
-}
-
-/// The KVM-wide policies a partition applies to its VM and VPs. Each can be
-/// declined by a VMM that does it its own way; [`Default`] applies them all.
-#[derive(Clone, Debug)]
-pub struct PartitionOptions {
-    /// Create KVM's in-kernel irqchip (`KVM_CREATE_IRQCHIP`).
-    pub create_irqchip: bool,
-    /// Route unknown MSRs (and, with Hyper-V, the synthetic range) to user space
-    /// (`KVM_CAP_X86_USER_SPACE_MSR` and an MSR filter). The filter denies the
-    /// synthetic range plus [`Self::msr_filter`], the VMM's own ranges.
-    pub msr_exits: bool,
-    /// MSR ranges (first, count) the VMM wants in user space too, merged into the
-    /// partition's filter rather than replaced by it.
-    pub msr_filter: Vec<(u32, u32)>,
-    /// Set each VP's CPUID (KVM's supported set with the VP's APIC id, the Hyper-V
-    /// leaves, the masks). Off: the VMM sets it before the VP first runs.
-    pub set_cpuid: bool,
-    /// Make memory write-back by default (IA32_MTRR_DEF_TYPE 0x806) on each VP,
-    /// as firmware would; KVM resets the MTRRs to uncached.
-    pub mtrr_write_back: bool,
-    /// How VP threads are kicked.
-    pub kick: Kick,
-}
-
-impl Default for PartitionOptions {
-    fn default() -> Self {
-        PartitionOptions {
-            create_irqchip: true,
-            msr_exits: true,
-            msr_filter: vec![],
-            set_cpuid: true,
-            mtrr_write_back: true,
-            kick: Kick::default(),
-        }
-    }
-}
-
-/// A VM the VMM already created, to build a partition over
-/// ([`Partition::adopt`]): the KVM handle, the VM, its guest memory, and the
-/// memory slot the VMM registered each region of `memory` in (in region
-/// order). The partition uses slots above the highest for its hypercall overlay.
-#[derive(Debug)]
-pub struct VmParts {
-    /// `/dev/kvm`.
-    pub kvm: Kvm,
-    /// The VM.
-    pub vm: VmFd,
-    /// Its guest RAM, already registered with KVM.
-    pub memory: GuestMemoryMmap,
-    /// The KVM slot of each region of `memory`, in region order.
-    pub ram_slots: Vec<u32>,
-}
-
-/// Why a VP could not be created or started by the host: a TLFS status, or a
-/// failure of the host itself with its source.
-#[derive(Debug, thiserror::Error)]
-pub enum VpError {
-    /// What the TLFS defines (an index out of range, a VP in the wrong state, ...).
-    #[error("{0}")]
-    Status(#[from] HvError),
-    /// A KVM ioctl failed.
-    #[error("KVM refused {what}: {source}")]
-    Kvm {
-        /// What was being done.
-        what: &'static str,
-        /// The ioctl error.
-        #[source]
-        source: kvm_ioctls::Error,
-    },
-}
-
-impl VpError {
-    /// The HV_STATUS a guest gets for this failure: the status itself, or
-    /// `HV_STATUS_OPERATION_FAILED` when the host failed (logged).
-    pub fn status(&self) -> HvError {
-        match self {
-            VpError::Status(e) => *e,
-            VpError::Kvm { what, source } => {
-                log::error!("KVM refused {what}: {source}");
-                HvError::OPERATION_FAILED
-            }
-        }
-    }
-}
-
-/// Why a partition could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum PartitionError {
-    /// `/dev/kvm` could not be opened.
-    #[error("cannot open /dev/kvm: {0}")]
-    OpenKvm(#[source] kvm_ioctls::Error),
-    /// A KVM ioctl failed while building the partition.
-    #[error("KVM refused {what}: {source}")]
-    Kvm {
-        /// What was being set up.
-        what: &'static str,
-        /// The ioctl error.
-        #[source]
-        source: kvm_ioctls::Error,
-    },
-    /// `max_vps` is zero or above what KVM supports.
-    #[error("{requested} VPs requested; this KVM supports 1 to {max}")]
-    VpCount {
-        /// Requested.
-        requested: u32,
-        /// KVM's limit.
-        max: u32,
-    },
-    /// [`VmParts::ram_slots`] does not name one slot per memory region.
-    #[error("{regions} memory regions but {slots} memory slots")]
-    Slots {
-        /// Regions of the memory.
-        regions: usize,
-        /// Slots given.
-        slots: usize,
-    },
-    /// Guest memory could not be allocated or is malformed.
-    #[error("guest memory: {0}")]
-    Memory(String),
-    /// The boot VTL is above the highest VTL of an x64 partition (2).
-    #[error("boot VTL {0} does not exist: an x64 partition has VTLs 0 to 2")]
-    BootVtl(u8),
-    /// The hypercall overlay page could not be allocated.
-    #[error("cannot allocate the hypercall overlay page: {0}")]
-    Overlay(#[source] std::io::Error),
-    /// The kick signal handler could not be installed.
-    #[error("cannot install the VP kick signal handler: {0}")]
-    Signal(#[source] vmm_sys_util::errno::Error),
-}
-
-/// Partition-wide state of the synthetic MSRs.
-#[derive(Debug, Default)]
-pub(crate) struct HvPartitionState {
-    pub guest_os_id: u64,
-    pub hypercall: u64,
-    pub tsc_invariant_control: u64,
-}
-
-/// What a VP's thread must do next, besides running.
-#[derive(Debug)]
-pub(crate) struct VpInner {
-    pub state: VpState,
-    /// A context handed over by StartVirtualProcessor, to load before running.
-    pub pending_start: Option<InitialVpContext>,
-    /// The host asked to cancel the current or next run.
-    pub cancel: bool,
-    /// Set while the VP's thread is inside (or about to enter) KVM_RUN.
-    pub in_kvm: Option<libc::pthread_t>,
-    /// While non-zero the VP's thread must not enter KVM_RUN (the partition is
-    /// changing its memory slots).
-    pub paused: u32,
-    /// Threads waiting in [`VpShared::kick_and_wait`] for the VP to leave
-    /// KVM_RUN: only then does leaving notify `wake`.
-    pub kick_waiters: u32,
-    pub initial_apic_id: u32,
-    pub vp_assist_page: u64,
-}
-
-/// The part of a VP other threads reach.
-#[derive(Debug)]
-pub(crate) struct VpShared {
-    pub index: VpIndex,
-    /// The vendor the vCPU's CPUID presents, for vendor-specific register rules.
-    pub vendor: hv_regs::CpuVendor,
-    /// How to get the VP's thread out of KVM_RUN.
-    pub kick: Kick,
-    /// The guest TSC frequency (HV_X64_MSR_TSC_FREQUENCY), 0 if KVM does not say.
-    pub tsc_hz: u64,
-    pub inner: Mutex<VpInner>,
-    pub wake: Condvar,
-    /// `kvm_run.immediate_exit` of the VP's vCPU while its [`Vp`] lives (null
-    /// after): set under the VP lock with a kick, so a KVM_RUN the thread is
-    /// about to enter returns at once and one signal is always enough.
-    pub immediate_exit: AtomicPtr<u8>,
-}
-
-impl VpShared {
-    pub fn lock(&self) -> MutexGuard<'_, VpInner> {
-        // A VP thread that panicked while holding the lock leaves valid data.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A register the VP model keeps.
-    pub fn synthetic(&self, reg: Synthetic) -> u64 {
-        let g = self.lock();
-        match reg {
-            Synthetic::ExplicitSuspend => g.state.explicit_suspend() as u64,
-            Synthetic::InterceptSuspend => g.state.intercept_suspend() as u64,
-            Synthetic::VpIndex => self.index.0 as u64,
-            Synthetic::VsmVpStatus => {
-                hv_regs::VsmVpStatus::new(g.state.active_vtl(), g.state.enabled_vtls()).0
-            }
-            Synthetic::InitialApicId => g.initial_apic_id as u64,
-        }
-    }
-
-    /// Writes a register the VP model keeps (the value has been validated). The
-    /// initial APIC id may change only while the VP is explicitly suspended, before
-    /// its parent releases it; VP index and VSM status are read-only.
-    pub fn set_synthetic(&self, reg: Synthetic, value: u64) -> HvResult<()> {
-        let mut g = self.lock();
-        match reg {
-            Synthetic::ExplicitSuspend => g.state = g.state.set_explicit_suspend(value != 0),
-            Synthetic::InterceptSuspend => g.state = g.state.set_intercept_suspend(value != 0),
-            Synthetic::InitialApicId if !g.state.explicit_suspend() => {
-                return Err(HvError::INVALID_VP_STATE)
-            }
-            Synthetic::InitialApicId => g.initial_apic_id = value as u32,
-            Synthetic::VpIndex | Synthetic::VsmVpStatus => return Err(HvError::ACCESS_DENIED),
-        }
-        let suspended = g.state.suspended();
-        drop(g);
-        self.wake.notify_all();
-        if suspended {
-            self.kick_and_wait(|g| g.state.suspended());
-        }
-        Ok(())
-    }
-
-    /// Cancels the VP's current or next run: its thread is woken or kicked, and
-    /// its [`Vp::run`] returns `Canceled`. Does not wait.
-    pub fn cancel(&self) {
-        self.lock().cancel = true;
-        self.wake.notify_all();
-        self.kick(|g| g.cancel);
-    }
-
-    /// Sets or clears `kvm_run.immediate_exit`; the caller holds the VP lock.
-    pub fn set_immediate_exit(&self, _locked: &VpInner, value: u8) {
-        let p = self.immediate_exit.load(Ordering::Acquire);
-        if !p.is_null() {
-            // SAFETY: non-null only while the Vp owning the vCPU (and its kvm_run
-            // mapping) lives; Vp's drop nulls it under the VP lock, which the
-            // caller holds. A byte-sized atomic store: KVM reads the field at
-            // KVM_RUN entry.
-            unsafe { (*(p as *const std::sync::atomic::AtomicU8)).store(value, Ordering::Release) }
-        }
-    }
-
-    /// Gets the VP's thread out of KVM_RUN, if it is in it, so it sees what was
-    /// just requested (`pending` says whether the request is still unseen), and
-    /// returns without waiting. With [`Kick::Signal`]: under the VP lock,
-    /// `kvm_run.immediate_exit` is set (a KVM_RUN the thread is about to enter
-    /// returns at once; the thread clears it as it leaves) and the signal sent
-    /// once (a KVM_RUN in progress returns). With [`Kick::Callback`] the VMM is
-    /// asked once.
-    pub fn kick(&self, pending: impl Fn(&VpInner) -> bool) {
-        let g = self.lock();
-        if !pending(&g) {
-            return;
-        }
-        match &self.kick {
-            Kick::Callback(f) => {
-                drop(g);
-                log::trace!("kick VP {} (VMM callback)", self.index.0);
-                f(self.index);
-            }
-            Kick::Signal(signal) => {
-                let Some(thread) = g.in_kvm else { return };
-                self.set_immediate_exit(&g, 1);
-                // The thread is alive: it clears `in_kvm` under this lock before
-                // it can leave its run loop.
-                log::trace!("kick VP {} (signal {signal})", self.index.0);
-                let _ = ThreadHandle(thread).kill(*signal);
-            }
-        }
-    }
-
-    /// [`Self::kick`], then [`Self::wait_left`].
-    pub fn kick_and_wait(&self, pending: impl Fn(&VpInner) -> bool) {
-        self.kick(&pending);
-        self.wait_left(pending);
-    }
-
-    /// After a [`Self::kick`], waits (with [`Kick::Signal`]) until the thread has
-    /// left KVM_RUN or seen the request. A callback is asked once and not waited
-    /// for.
-    pub fn wait_left(&self, pending: impl Fn(&VpInner) -> bool) {
-        let Kick::Signal(signal) = self.kick else {
-            return;
-        };
-        let mut g = self.lock();
-        while let Some(thread) = g.in_kvm {
-            if !pending(&g) {
-                return;
-            }
-            g.kick_waiters += 1;
-            g = self
-                .wake
-                .wait_timeout(g, Duration::from_millis(1))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-            g.kick_waiters -= 1;
-            if g.in_kvm == Some(thread) && pending(&g) {
-                // Not expected with immediate_exit set; harmless.
-                let _ = ThreadHandle(thread).kill(signal);
-            }
-        }
-    }
-}
-
-struct ThreadHandle(libc::pthread_t);
-
-// SAFETY: the handle is only used while the thread it names is inside its run loop
-// (VpInner::in_kvm is Some), which the caller checks under the VP lock.
-unsafe impl Killable for ThreadHandle {
-    fn pthread_handle(&self) -> libc::pthread_t {
-        self.0
-    }
-}
-
-extern "C" fn kick_handler(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
-/// The signals an empty kick handler is installed for, once each.
-static KICK_HANDLERS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-
-fn install_kick_handler(signal: i32) -> Result<(), vmm_sys_util::errno::Error> {
-    let mut done = KICK_HANDLERS.lock().unwrap_or_else(|e| e.into_inner());
-    if !done.contains(&signal) {
-        register_signal_handler(signal, kick_handler)?;
-        done.push(signal);
-    }
-    Ok(())
-}
 static NEXT_PARTITION_ID: AtomicU64 = AtomicU64::new(1);
 
 /// A partition: a KVM VM, its guest memory, and its VPs.
@@ -419,11 +35,11 @@ static NEXT_PARTITION_ID: AtomicU64 = AtomicU64::new(1);
 /// Shared between the VP threads as `Arc<Partition>`. The host-facing calls
 /// ([`Partition::start_virtual_processor`], [`Partition::enable_vp_vtl`],
 /// [`Partition::cancel_run`], ...) may be made from any thread and report failures
-/// as HV_STATUS values.
+/// as HV_STATUS values, host failures with their sources.
 #[derive(Debug)]
 pub struct Partition {
-    pub(crate) kvm: Kvm,
-    pub(crate) vm: VmFd,
+    pub(crate) kvm: Arc<Kvm>,
+    pub(crate) vm: Arc<VmFd>,
     pub(crate) memory: GuestMemoryMmap,
     pub(crate) config: PartitionConfig,
     pub(crate) options: PartitionOptions,
@@ -442,10 +58,10 @@ pub struct Partition {
     /// A vCPU of a VM of its own, with the partition's CPUID, on which a start
     /// context is loaded first: KVM's own verdict on it, before the target's
     /// thread is handed the context.
-    trial: Mutex<Option<Trial>>,
+    pub(crate) trial: Mutex<Option<Trial>>,
     /// Whether the partition created its VM (not adopted): the start checks may
     /// then use a spare vCPU of it.
-    own_vm: bool,
+    pub(crate) own_vm: bool,
     /// VPs below this index are promised by [`Partition::expect_vps`]: a lookup of
     /// one not yet created waits on `created` for its creation.
     expected: Mutex<u32>,
@@ -454,45 +70,6 @@ pub struct Partition {
 
 /// How long a call naming an expected but not yet created VP waits for it.
 pub const CREATION_WAIT: Duration = Duration::from_secs(10);
-
-/// The scratch VM and vCPU of [`Partition::check_context_loads`].
-#[derive(Debug)]
-struct Trial {
-    /// A VM of its own, or none when the vCPU is a spare one of the partition's.
-    _vm: Option<VmFd>,
-    vcpu: kvm_ioctls::VcpuFd,
-    /// Contexts KVM accepted, as [`trial_key`]s: a start whose key is here is
-    /// not loaded again.
-    accepted: Vec<InitialVpContext>,
-}
-
-/// How many accepted contexts [`Trial`] remembers.
-const TRIAL_MEMORY: usize = 8;
-
-/// The part of a start context KVM's verdict depends on. KVM_SET_SREGS checks
-/// CR0, CR3, CR4, EFER and CS.L against the vCPU's CPUID; KVM_SET_MSRS checks
-/// the PAT; KVM_SET_REGS checks nothing; no segment or table base is checked.
-/// Everything else is kept, to stay on the safe side.
-fn trial_key(ctx: &InitialVpContext) -> InitialVpContext {
-    let mut k = *ctx;
-    k.rip = 0;
-    k.rsp = 0;
-    for seg in [
-        &mut k.cs,
-        &mut k.ds,
-        &mut k.es,
-        &mut k.fs,
-        &mut k.gs,
-        &mut k.ss,
-        &mut k.tr,
-        &mut k.ldtr,
-    ] {
-        seg.base = 0;
-    }
-    k.idtr.base = 0;
-    k.gdtr.base = 0;
-    k
-}
 
 const NO_OVERLAY: u64 = u64::MAX;
 
@@ -531,11 +108,20 @@ impl Partition {
             let made = Self::vm_with_memory(&kvm, &config);
             let supported = supported
                 .join()
-                .unwrap_or(Err(kvm_ioctls::Error::new(libc::EINTR)));
-            made.map(|(vm, memory, ram)| (vm, memory, ram, supported))
+                .map_err(|_| PartitionError::Thread("KVM_GET_SUPPORTED_CPUID"));
+            made.and_then(|(vm, memory, ram)| Ok((vm, memory, ram, supported?)))
         })?;
         let supported = supported.map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        Self::finish(kvm, vm, memory, ram, config, options, Some(supported))
+        Self::finish(
+            Arc::new(kvm),
+            Arc::new(vm),
+            memory,
+            ram,
+            None,
+            config,
+            options,
+            Some(supported),
+        )
     }
 
     /// A VM with `config.memory` registered as its RAM.
@@ -618,6 +204,7 @@ impl Partition {
             vm,
             memory,
             ram_slots: slots,
+            overlay_slots,
         } = parts;
         let regions: Vec<(u64, u64)> = memory.iter().map(|r| (r.start_addr().0, r.len())).collect();
         if regions != config.memory {
@@ -627,20 +214,28 @@ impl Partition {
             )));
         }
         let ram = ram_slots(&memory, &slots)?;
-        Self::finish(kvm, vm, memory, ram, config, options, None)
+        if let Some(o) = overlay_slots {
+            if o[0] == o[1] || slots.contains(&o[0]) || slots.contains(&o[1]) {
+                return Err(PartitionError::OverlaySlots(o));
+            }
+        }
+        Self::finish(kvm, vm, memory, ram, overlay_slots, config, options, None)
     }
 
-    /// What both constructors share once the VM and its memory exist.
+    /// What both constructors share once the VM and its memory exist. The
+    /// partition's own VM comes with the CPUID queried alongside it; an adopted
+    /// one without.
+    #[allow(clippy::too_many_arguments)]
     fn finish(
-        kvm: Kvm,
-        vm: VmFd,
+        kvm: Arc<Kvm>,
+        vm: Arc<VmFd>,
         memory: GuestMemoryMmap,
         ram: Vec<RamSlot>,
+        overlay_slots: Option<[u32; 2]>,
         config: PartitionConfig,
         options: PartitionOptions,
         supported_cpuid: Option<CpuId>,
     ) -> Result<Arc<Partition>, PartitionError> {
-        // with_options hands the CPUID it queried alongside; adopt does not.
         let own_vm = supported_cpuid.is_some();
         let max = kvm.get_max_vcpus().min(u32::MAX as usize) as u32;
         if config.max_vps == 0 || config.max_vps > max {
@@ -703,11 +298,11 @@ impl Partition {
                 .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?,
         };
         if let Kick::Signal(signal) = options.kick {
-            install_kick_handler(signal).map_err(PartitionError::Signal)?;
+            prepare_signal(signal).map_err(PartitionError::Signal)?;
         }
         let vps = (0..config.max_vps).map(|_| Mutex::new(None)).collect();
-        let overlay =
-            Overlay::new(&hyperv::HYPERCALL_PAGE, ram).map_err(PartitionError::Overlay)?;
+        let overlay = Overlay::new(&hyperv::HYPERCALL_PAGE, ram, overlay_slots)
+            .map_err(PartitionError::Overlay)?;
         let gpa_limit = supported_cpuid
             .as_slice()
             .iter()
@@ -736,7 +331,7 @@ impl Partition {
     }
 
     /// The KVM handle.
-    pub fn kvm(&self) -> &Kvm {
+    pub fn kvm(&self) -> &Arc<Kvm> {
         &self.kvm
     }
 
@@ -751,7 +346,7 @@ impl Partition {
     }
 
     /// The KVM VM, for devices (irqfd, ioeventfd, IRQ lines).
-    pub fn vm(&self) -> &VmFd {
+    pub fn vm(&self) -> &Arc<VmFd> {
         &self.vm
     }
 
@@ -801,40 +396,33 @@ impl Partition {
         if slot.is_some() {
             return Err(HvError::INVALID_VP_INDEX.into());
         }
-        let kvm_err = |what| move |source| VpError::Kvm { what, source };
         let cpuid = if self.options.set_cpuid {
             let cpuid = self.vp_cpuid(index);
-            vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            vcpu.set_cpuid2(&cpuid)
+                .map_err(VpError::kvm("KVM_SET_CPUID2"))?;
             cpuid
         } else {
-            vcpu.get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-                .map_err(kvm_err("KVM_GET_CPUID2"))?
+            crate::start_check::vcpu_cpuid(&vcpu)?
         };
         // KVM recomputes its APIC map while it creates a vCPU, before that vCPU
         // counts as online, so the newest vCPU is missing from the map until the
         // next recomputation and IPIs to it (an INIT/SIPI) are dropped. Setting
         // its LAPIC state (unchanged) recomputes the map with it.
         if let Ok(lapic) = vcpu.get_lapic() {
-            vcpu.set_lapic(&lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
+            vcpu.set_lapic(&lapic)
+                .map_err(VpError::kvm("KVM_SET_LAPIC"))?;
         }
+        // The constructors refused a boot VTL above 2.
+        let state = VpState::new(index, self.boot_vtl())?;
         let shared = Arc::new(VpShared {
             index,
             vendor: hv_regs::CpuVendor::of(&cpuid),
-            kick: self.options.kick.clone(),
+            cpuid,
             tsc_hz: vcpu.get_tsc_khz().map_or(0, |khz| khz as u64 * 1000),
-            inner: Mutex::new(VpInner {
-                // The constructors refused a boot VTL above 2.
-                state: VpState::new(index, self.boot_vtl())?,
-                pending_start: None,
-                cancel: false,
-                in_kvm: None,
-                paused: 0,
-                kick_waiters: 0,
-                initial_apic_id: index.0,
-                vp_assist_page: 0,
-            }),
-            wake: Condvar::new(),
-            immediate_exit: AtomicPtr::new(std::ptr::null_mut()),
+            gate: RunGate::new(
+                VpInner::new(state, index.0),
+                VpKicker::new(index, self.options.kick.clone()),
+            ),
         });
         let vp = Vp::new(self.clone(), shared.clone(), vcpu)?;
         *slot = Some(shared);
@@ -889,123 +477,27 @@ impl Partition {
     }
 
     /// Maps the hypercall overlay page at `to` or unmaps it, with every VP held
-    /// out of KVM_RUN while the memory slots change.
+    /// out of KVM_RUN while the memory slots change. Called from a VP's own exit
+    /// handling (an MSR write) as well: the calling VP's thread is marked out of
+    /// KVM_RUN before anything is waited for, so it never waits for itself, nor
+    /// for another VP doing the same.
     pub(crate) fn place_hypercall_overlay(&self, to: Option<u64>) -> Result<(), kvm_ioctls::Error> {
-        let mut overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
-        if overlay.at() == to {
-            return Ok(());
-        }
         let vps: Vec<Arc<VpShared>> = (0..self.config.max_vps)
             .filter_map(|i| self.existing_vp(VpIndex(i)))
             .collect();
         for vp in &vps {
-            vp.lock().paused += 1;
+            vp.gate.leave_if_current();
         }
-        // Every thread kicked first, then each waited for: one round for all.
-        for vp in &vps {
-            vp.kick(|g| g.paused > 0);
+        let mut overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+        if overlay.at() == to {
+            return Ok(());
         }
-        for vp in &vps {
-            vp.wait_left(|g| g.paused > 0);
-        }
+        let paused = pause(vps.iter().map(|vp| &vp.gate).collect());
         let r = overlay.place(&self.vm, to);
         self.overlay_at
             .store(overlay.at().unwrap_or(NO_OVERLAY), Ordering::Release);
-        for vp in &vps {
-            vp.lock().paused -= 1;
-            vp.wake.notify_all();
-        }
+        drop(paused);
         r
-    }
-
-    /// Loads `context` on a vCPU of a scratch VM with the partition's CPUID: what
-    /// KVM refuses there (a CR4 bit the CPUID does not offer, CR3 above
-    /// MAXPHYADDR, ...) the target could not load either. Refusals are
-    /// `HV_STATUS_INVALID_REGISTER_VALUE`; a scratch VM the host cannot provide
-    /// is a host error with its source.
-    fn check_context_loads(&self, context: &InitialVpContext) -> HvResult<()> {
-        let mut trial = self.trial.lock().unwrap_or_else(|e| e.into_inner());
-        let t = match &mut *trial {
-            Some(t) => t,
-            None => trial.insert(self.new_trial()?),
-        };
-        // The VP model's own checks (canonical RIP, segment attributes, ...) run
-        // on every start; KVM's only for a context it has not accepted yet.
-        let key = trial_key(context);
-        if t.accepted.contains(&key) {
-            return hv_regs::context_to_kvm(context, &Default::default())
-                .map(|_| ())
-                .map_err(hv_regs::context_status);
-        }
-        let base = t
-            .vcpu
-            .get_sregs()
-            .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
-        let k = hv_regs::context_to_kvm(context, &base).map_err(hv_regs::context_status)?;
-        let refused = |_| HvError::INVALID_REGISTER_VALUE;
-        t.vcpu.set_sregs(&k.sregs).map_err(refused)?;
-        t.vcpu.set_regs(&k.regs).map_err(refused)?;
-        let pat = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
-            index: hv_regs::msr::PAT,
-            data: k.pat,
-            ..Default::default()
-        }])
-        .map_err(|_| HvError::INSUFFICIENT_MEMORY)?;
-        match t.vcpu.set_msrs(&pat) {
-            Ok(1) => {
-                if t.accepted.len() == TRIAL_MEMORY {
-                    t.accepted.remove(0);
-                }
-                t.accepted.push(key);
-                Ok(())
-            }
-            _ => Err(HvError::INVALID_REGISTER_VALUE),
-        }
-    }
-
-    /// The scratch VM and vCPU of [`Self::check_context_loads`].
-    fn new_trial(&self) -> HvResult<Trial> {
-        let no_room = |_| HvError::INSUFFICIENT_MEMORY;
-        // A spare vCPU of the partition's own VM (id max_vps, beyond every VP;
-        // it never runs and no table names it) costs no VM: creating and
-        // destroying a VM each waits for KVM's grace periods. A VMM's adopted VM
-        // is left alone: a VM of its own.
-        let spare = (self.own_vm && (self.config.max_vps as usize) < self.kvm.get_max_vcpus())
-            .then(|| self.vm.create_vcpu(self.config.max_vps as u64).ok())
-            .flatten();
-        let (vm, vcpu) = match spare {
-            Some(vcpu) => (None, vcpu),
-            None => {
-                let vm = self.kvm.create_vm().map_err(no_room)?;
-                let vcpu = vm.create_vcpu(0).map_err(no_room)?;
-                (Some(vm), vcpu)
-            }
-        };
-        vcpu.set_cpuid2(&self.vp_cpuid(VpIndex(0)))
-            .map_err(no_room)?;
-        Ok(Trial {
-            _vm: vm,
-            vcpu,
-            accepted: Vec::new(),
-        })
-    }
-
-    /// Prepares what the first StartVirtualProcessor needs (a scratch VM on which
-    /// start contexts are loaded for KVM's verdict) now, on the calling thread,
-    /// and checks the `expected` contexts (say, the one a VMM's mailbox starts
-    /// APs with), so starts with the same system state skip KVM's check; without
-    /// this the first start pays for both. A VMM calls it once its APs are
-    /// created, while the BSP runs. Failures are left for the starts to report.
-    pub fn prepare_starts(&self, expected: &[InitialVpContext]) {
-        {
-            let mut trial = self.trial.lock().unwrap_or_else(|e| e.into_inner());
-            if trial.is_none() {
-                *trial = self.new_trial().ok();
-            }
-        }
-        for ctx in expected {
-            let _ = self.check_context_loads(ctx);
-        }
     }
 
     /// VP `index` if it exists now.
@@ -1177,14 +669,14 @@ pub(crate) fn start_vp(
         let mut g = vp.lock();
         let started = g.state.start(vtl)?;
         // Validate the context on the caller's thread, and let KVM judge it on a
-        // scratch vCPU: a context the target could not load is refused here,
+        // spare vCPU: a context the target could not load is refused here,
         // with the target left unstarted.
-        partition.check_context_loads(context)?;
+        partition.check_context_loads(vp, context)?;
         g.state = started;
         g.pending_start = Some(*context);
     }
-    vp.wake.notify_all();
-    vp.kick(|g| g.pending_start.is_some());
+    vp.gate.notify();
+    vp.gate.kick(|g| g.pending_start.is_some());
     Ok(())
 }
 

@@ -5,7 +5,10 @@ use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use exit_decoder::VpExit;
 use hv_defs::{HvStatus, HypercallCode};
+
+use crate::hyperv::HYPERCALL_PORT;
 
 /// A count and the total time of the events counted.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -26,7 +29,14 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub(crate) fn exit(&self, reason: &'static str, time: Duration) {
+    /// Counts `exit`, which took `time` from `KVM_RUN` entry. [`crate::Vp::run`]
+    /// counts its own exits; a VMM's own loop calls this after each `KVM_RUN`
+    /// (through [`crate::Partition::stats`]) to feed the same table.
+    pub fn record_exit(&self, exit: &VpExit<'_>, time: Duration) {
+        self.exit(exit_name(exit), time);
+    }
+
+    fn exit(&self, reason: &'static str, time: Duration) {
         let mut m = self.exits.lock().unwrap_or_else(|e| e.into_inner());
         let c = m.entry(reason).or_default();
         c.count += 1;
@@ -96,5 +106,31 @@ impl fmt::Display for Stats {
             )?;
         }
         Ok(())
+    }
+}
+
+/// A stable name for an exit, as the statistics count it.
+pub fn exit_name(e: &VpExit<'_>) -> &'static str {
+    match e {
+        VpExit::MemoryAccess { .. } => "MemoryAccess",
+        VpExit::IoPortAccess { port, .. } if *port == HYPERCALL_PORT => "IoPortAccess (hypercall)",
+        VpExit::IoPortAccess { .. } => "IoPortAccess",
+        VpExit::MsrAccess(_) => "MsrAccess",
+        VpExit::Halt => "Halt",
+        VpExit::InterruptWindow => "InterruptWindow",
+        VpExit::ApicEoi { .. } => "ApicEoi",
+        VpExit::UnrecoverableException => "UnrecoverableException",
+        VpExit::InvalidVpRegisterValue { .. } => "InvalidVpRegisterValue",
+        VpExit::Canceled => "Canceled",
+        VpExit::SystemEvent { .. } => "SystemEvent",
+        VpExit::InternalError => "InternalError",
+        VpExit::MemoryFault { .. } => "MemoryFault",
+        VpExit::Exception => "Exception",
+        VpExit::Debug(_) => "Debug",
+        VpExit::KvmHypercall { .. } => "KvmHypercall",
+        VpExit::Nmi => "Nmi",
+        VpExit::Hyperv => "Hyperv",
+        VpExit::Other { .. } => "Other",
+        VpExit::RunFailed { .. } => "RunFailed",
     }
 }

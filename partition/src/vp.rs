@@ -9,7 +9,7 @@ use std::time::Instant;
 use exit_decoder::{decode, enable_sync_regs, Access, VpExit};
 
 use crate::hyperv::HYPERCALL_PORT;
-use hv_defs::{HvError, HvRegisterValue, HvResult, InitialVpContext, VpIndex};
+use hv_defs::{HvError, HvRegisterValue, InitialVpContext, VpIndex};
 use hv_regs::{AccessError, HvRegisterName, Synthetic, VcpuRegisters};
 use kvm_bindings::{
     kvm_debugregs, kvm_mp_state, kvm_regs, kvm_sregs, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
@@ -17,7 +17,9 @@ use kvm_bindings::{
 use kvm_ioctls::{SyncReg, VcpuFd};
 use vp_state::Activity;
 
-use crate::partition::{Partition, VpShared};
+use crate::error::VpError;
+use crate::partition::Partition;
+use crate::shared::VpShared;
 
 /// IA32_MTRR_DEF_TYPE.
 const MSR_MTRR_DEF_TYPE: u32 = 0x2FF;
@@ -42,24 +44,13 @@ enum Next {
 }
 
 /// The VP left KVM_RUN: a result loaded from the synced registers is consumed,
-/// the model sees the run end, and a kicking thread waiting for this wakes.
+/// and the run protocol marks the thread out ([`crate::run_state`]).
 fn leave_run(sync: &mut SyncDirty, synced: &mut bool, shared: &VpShared) {
     if *sync == SyncDirty::Armed {
         *sync = SyncDirty::Consumed;
     }
     *synced = true;
-    let mut g = shared.lock();
-    g.in_kvm = None;
-    // Under the lock: a kick sets it only while `in_kvm` is Some.
-    shared.set_immediate_exit(&g, 0);
-    if let Ok(s) = g.state.exit_run() {
-        g.state = s;
-    }
-    let waiters = g.kick_waiters > 0;
-    drop(g);
-    if waiters {
-        shared.wake.notify_all();
-    }
+    shared.gate.leave();
 }
 
 /// What the partition did with an exit a VMM's own run loop handed it.
@@ -124,8 +115,9 @@ impl Drop for Vp {
         // Under the VP lock, which a kicker holds while it writes through it.
         let _g = self.shared.lock();
         self.shared
-            .immediate_exit
-            .store(std::ptr::null_mut(), std::sync::atomic::Ordering::Release);
+            .gate
+            .interrupter()
+            .set_target(std::ptr::null_mut());
     }
 }
 
@@ -144,8 +136,9 @@ pub(crate) struct RegAccess<'a> {
     pub wrote_regs: &'a Cell<bool>,
 }
 
-fn kvm<T>(r: Result<T, kvm_ioctls::Error>) -> Result<T, HvError> {
-    r.map_err(|_| HvError::INVALID_PARAMETER)
+/// A KVM failure of `what`, with its source.
+fn kvm<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VpError> {
+    r.map_err(VpError::kvm(what))
 }
 
 impl RegAccess<'_> {
@@ -159,45 +152,46 @@ impl RegAccess<'_> {
 }
 
 /// KVM's vCPU state through `hv_regs::KvmVcpu`, the VP model's registers from
-/// [`VpShared`]. A KVM refusal is `HV_STATUS_INVALID_PARAMETER` to the caller.
+/// [`VpShared`]. A KVM failure is a [`VpError::Kvm`] with its source; what a
+/// guest gets for it is [`access_status`]'s.
 impl VcpuRegisters for RegAccess<'_> {
-    type Error = HvError;
-    fn get_regs(&self) -> HvResult<kvm_regs> {
-        kvm(self.kvm().get_regs())
+    type Error = VpError;
+    fn get_regs(&self) -> Result<kvm_regs, VpError> {
+        kvm("KVM_GET_REGS", self.kvm().get_regs())
     }
-    fn set_regs(&self, regs: &kvm_regs) -> HvResult<()> {
+    fn set_regs(&self, regs: &kvm_regs) -> Result<(), VpError> {
         self.wrote_regs.set(true);
-        kvm(self.kvm().set_regs(regs))
+        kvm("KVM_SET_REGS", self.kvm().set_regs(regs))
     }
-    fn get_sregs(&self) -> HvResult<kvm_sregs> {
-        kvm(self.kvm().get_sregs())
+    fn get_sregs(&self) -> Result<kvm_sregs, VpError> {
+        kvm("KVM_GET_SREGS", self.kvm().get_sregs())
     }
-    fn set_sregs(&self, sregs: &kvm_sregs) -> HvResult<()> {
-        kvm(self.kvm().set_sregs(sregs))
+    fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), VpError> {
+        kvm("KVM_SET_SREGS", self.kvm().set_sregs(sregs))
     }
-    fn get_debugregs(&self) -> HvResult<kvm_debugregs> {
-        kvm(self.kvm().get_debugregs())
+    fn get_debugregs(&self) -> Result<kvm_debugregs, VpError> {
+        kvm("KVM_GET_DEBUGREGS", self.kvm().get_debugregs())
     }
-    fn set_debugregs(&self, d: &kvm_debugregs) -> HvResult<()> {
-        kvm(self.kvm().set_debugregs(d))
+    fn set_debugregs(&self, d: &kvm_debugregs) -> Result<(), VpError> {
+        kvm("KVM_SET_DEBUGREGS", self.kvm().set_debugregs(d))
     }
-    fn get_xcr0(&self) -> HvResult<u64> {
-        kvm(self.kvm().get_xcr0())
+    fn get_xcr0(&self) -> Result<u64, VpError> {
+        kvm("KVM_GET_XCRS", self.kvm().get_xcr0())
     }
-    fn set_xcr0(&self, value: u64) -> HvResult<()> {
-        kvm(self.kvm().set_xcr0(value))
+    fn set_xcr0(&self, value: u64) -> Result<(), VpError> {
+        kvm("KVM_SET_XCRS", self.kvm().set_xcr0(value))
     }
-    fn get_msr(&self, index: u32) -> HvResult<u64> {
-        kvm(self.kvm().get_msr(index))
+    fn get_msr(&self, index: u32) -> Result<u64, VpError> {
+        kvm("KVM_GET_MSRS", self.kvm().get_msr(index))
     }
-    fn set_msr(&self, index: u32, data: u64) -> HvResult<()> {
-        kvm(self.kvm().set_msr(index, data))
+    fn set_msr(&self, index: u32, data: u64) -> Result<(), VpError> {
+        kvm("KVM_SET_MSRS", self.kvm().set_msr(index, data))
     }
-    fn get_mp_state(&self) -> HvResult<u32> {
-        kvm(self.kvm().get_mp_state())
+    fn get_mp_state(&self) -> Result<u32, VpError> {
+        kvm("KVM_GET_MP_STATE", self.kvm().get_mp_state())
     }
-    fn set_mp_state(&self, mp_state: u32) -> HvResult<()> {
-        kvm(self.kvm().set_mp_state(mp_state))?;
+    fn set_mp_state(&self, mp_state: u32) -> Result<(), VpError> {
+        kvm("KVM_SET_MP_STATE", self.kvm().set_mp_state(mp_state))?;
         let mut g = self.shared.lock();
         g.state = g.state.observe(match mp_state {
             hv_regs::mp_state::HALTED => Activity::Halted,
@@ -208,20 +202,35 @@ impl VcpuRegisters for RegAccess<'_> {
         });
         Ok(())
     }
-    fn get_synthetic(&self, reg: Synthetic) -> Option<HvResult<u64>> {
+    fn get_synthetic(&self, reg: Synthetic) -> Option<Result<u64, VpError>> {
         Some(Ok(self.shared.synthetic(reg)))
     }
-    fn set_synthetic(&self, reg: Synthetic, value: u64) -> Option<HvResult<()>> {
-        Some(self.shared.set_synthetic(reg, value))
+    fn set_synthetic(&self, reg: Synthetic, value: u64) -> Option<Result<(), VpError>> {
+        Some(self.shared.set_synthetic(reg, value).map_err(VpError::from))
     }
     fn cpu_vendor(&self) -> hv_regs::CpuVendor {
         self.shared.vendor
     }
 }
 
-pub(crate) fn access_status(e: AccessError<HvError>) -> HvError {
+/// What a guest's Get/SetVpRegisters gets for a failure: the TLFS status of a
+/// refused name or value; for a value KVM refused (`EINVAL`),
+/// `HV_STATUS_INVALID_PARAMETER`; for any other host failure
+/// `HV_STATUS_OPERATION_FAILED` (logged with its source).
+pub(crate) fn access_status(e: AccessError<VpError>) -> HvError {
     match e {
         AccessError::Fault(f) => f.status(),
+        AccessError::Backend(VpError::Kvm { source, .. }) if source.errno() == EINVAL => {
+            HvError::INVALID_PARAMETER
+        }
+        AccessError::Backend(e) => e.status(),
+    }
+}
+
+/// The host's view of the same failure: a TLFS status, or the host error.
+fn access_error(e: AccessError<VpError>) -> VpError {
+    match e {
+        AccessError::Fault(f) => VpError::Status(f.status()),
         AccessError::Backend(e) => e,
     }
 }
@@ -231,7 +240,7 @@ impl Vp {
         partition: Arc<Partition>,
         shared: Arc<VpShared>,
         mut vcpu: VcpuFd,
-    ) -> Result<Vp, crate::VpError> {
+    ) -> Result<Vp, VpError> {
         enable_sync_regs(&mut vcpu);
         // The hypercall trap checks the caller's mode and CPL without an ioctl.
         vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
@@ -243,18 +252,16 @@ impl Vp {
                 vendor: shared.vendor,
             }
             .set_msr(MSR_MTRR_DEF_TYPE, 0x806)
-            .map_err(|source| crate::VpError::Kvm {
-                what: "KVM_SET_MSRS (IA32_MTRR_DEF_TYPE)",
-                source,
-            })?;
+            .map_err(VpError::kvm("KVM_SET_MSRS (IA32_MTRR_DEF_TYPE)"))?;
         }
         let wrote_regs = Cell::new(false);
         // The kvm_run mapping stays where it is for the VcpuFd's life; Drop for
         // Vp withdraws the pointer.
         let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
-        shared
-            .immediate_exit
-            .store(immediate_exit, std::sync::atomic::Ordering::Release);
+        {
+            let _g = shared.lock();
+            shared.gate.interrupter().set_target(immediate_exit);
+        }
         Ok(Vp {
             partition,
             shared,
@@ -318,21 +325,31 @@ impl Vp {
         }
     }
 
-    /// Reads registers by HV name (HvGetVpRegisters, as the host calls it).
-    pub fn get_registers(&mut self, names: &[HvRegisterName]) -> HvResult<Vec<HvRegisterValue>> {
+    /// Reads registers by HV name (HvGetVpRegisters, as the host calls it): a
+    /// name the TLFS refuses is [`VpError::Status`], a KVM failure
+    /// [`VpError::Kvm`] with its source.
+    pub fn get_registers(
+        &mut self,
+        names: &[HvRegisterName],
+    ) -> Result<Vec<HvRegisterValue>, VpError> {
         let regs = self.regs();
         names
             .iter()
-            .map(|&n| hv_regs::get_register(&regs, n).map_err(access_status))
+            .map(|&n| hv_regs::get_register(&regs, n).map_err(access_error))
             .collect()
     }
 
     /// Writes registers by HV name (HvSetVpRegisters, as the host calls it) as one
     /// batch: all are validated before any is written, and KVM checks the
-    /// combined state (see [`hv_regs::set_registers`]).
-    pub fn set_registers(&mut self, values: &[(HvRegisterName, HvRegisterValue)]) -> HvResult<()> {
+    /// combined state (see [`hv_regs::set_registers`]). A value the TLFS refuses
+    /// is [`VpError::Status`]; one KVM refuses, or any other KVM failure,
+    /// [`VpError::Kvm`] with its source.
+    pub fn set_registers(
+        &mut self,
+        values: &[(HvRegisterName, HvRegisterValue)],
+    ) -> Result<(), VpError> {
         let regs = self.regs();
-        hv_regs::set_registers(&regs, values).map_err(|(_, e)| access_status(e))
+        hv_regs::set_registers(&regs, values).map_err(|(_, e)| access_error(e))
     }
 
     /// Runs the VP until an exit the host must handle (WHvRunVirtualProcessor).
@@ -356,7 +373,7 @@ impl Vp {
                 let elapsed = start.elapsed();
                 leave_run(&mut this.sync, &mut this.synced, &this.shared);
                 let mut exit = decode(result);
-                this.partition.stats.exit(exit_name(&exit), elapsed);
+                this.partition.stats.record_exit(&exit, elapsed);
                 let hyperv = this.partition.config.hyperv.is_some();
                 let mut msr_served = false;
                 if let VpExit::MsrAccess(m) = &mut exit {
@@ -527,8 +544,14 @@ impl Vp {
             }
             if let Some(ctx) = g.pending_start.take() {
                 drop(g);
-                if self.load_start_context(&ctx).is_err() {
-                    return Some(VpExit::RunFailed { errno: EINVAL });
+                if let Err(e) = self.load_start_context(&ctx) {
+                    log::error!("VP {}: cannot load its start context: {e}", self.index().0);
+                    let errno = match e {
+                        VpError::Kvm { source, .. } => source.errno(),
+                        // The start checked the context; not expected.
+                        VpError::Status(_) => EINVAL,
+                    };
+                    return Some(VpExit::RunFailed { errno });
                 }
                 continue;
             }
@@ -540,15 +563,16 @@ impl Vp {
                     }
                 }
             }
-            if g.state.suspended() || g.paused > 0 {
-                drop(self.shared.wake.wait(g).unwrap_or_else(|e| e.into_inner()));
+            if g.state.suspended() || g.run.paused() {
+                drop(self.shared.gate.wait(g));
                 continue;
             }
             match g.state.enter_run() {
                 Ok(s) => {
                     g.state = s;
-                    // SAFETY: pthread_self has no preconditions.
-                    g.in_kvm = Some(unsafe { libc::pthread_self() });
+                    // Not paused (checked under this lock): always marked.
+                    let entered = self.shared.gate.enter(&mut g);
+                    debug_assert!(entered);
                     return None;
                 }
                 Err(_) => return Some(VpExit::RunFailed { errno: EBUSY }),
@@ -561,24 +585,30 @@ impl Vp {
     /// target a KVM_SET_MSRS (PAT) and a KVM_SET_MP_STATE besides its KVM_RUN
     /// (it was five ioctls). Before the first run the special
     /// registers the context leaves alone are read with KVM_GET_SREGS.
-    fn load_start_context(&mut self, ctx: &InitialVpContext) -> HvResult<()> {
+    fn load_start_context(&mut self, ctx: &InitialVpContext) -> Result<(), VpError> {
         self.flush_sync_regs();
         let valid = self.vcpu.get_kvm_run().kvm_valid_regs;
         let sync_both = (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS) as u64;
         let base = if self.synced && valid & sync_both == sync_both {
             self.vcpu.sync_regs().sregs
         } else {
-            kvm(self.vcpu.get_sregs())?
+            kvm("KVM_GET_SREGS", self.vcpu.get_sregs())?
         };
         let k = hv_regs::context_to_kvm(ctx, &base).map_err(hv_regs::context_status)?;
-        kvm(hv_regs::KvmVcpu {
-            fd: &self.vcpu,
-            vendor: self.shared.vendor,
-        }
-        .set_msr(hv_regs::msr::PAT, k.pat))?;
-        kvm(self.vcpu.set_mp_state(kvm_mp_state {
-            mp_state: hv_regs::mp_state::RUNNABLE,
-        }))?;
+        kvm(
+            "KVM_SET_MSRS (PAT)",
+            hv_regs::KvmVcpu {
+                fd: &self.vcpu,
+                vendor: self.shared.vendor,
+            }
+            .set_msr(hv_regs::msr::PAT, k.pat),
+        )?;
+        kvm(
+            "KVM_SET_MP_STATE",
+            self.vcpu.set_mp_state(kvm_mp_state {
+                mp_state: hv_regs::mp_state::RUNNABLE,
+            }),
+        )?;
         if valid & sync_both == sync_both {
             let synced = self.vcpu.sync_regs_mut();
             synced.regs = k.regs;
@@ -588,8 +618,8 @@ impl Vp {
             self.sync = SyncDirty::Armed;
             self.sregs_armed = true;
         } else {
-            kvm(self.vcpu.set_sregs(&k.sregs))?;
-            kvm(self.vcpu.set_regs(&k.regs))?;
+            kvm("KVM_SET_SREGS", self.vcpu.set_sregs(&k.sregs))?;
+            kvm("KVM_SET_REGS", self.vcpu.set_regs(&k.regs))?;
         }
         Ok(())
     }
@@ -692,31 +722,5 @@ impl Vp {
 
     pub(crate) fn shared(&self) -> &Arc<VpShared> {
         &self.shared
-    }
-}
-
-/// A stable name for an exit, for the statistics.
-pub(crate) fn exit_name(e: &VpExit<'_>) -> &'static str {
-    match e {
-        VpExit::MemoryAccess { .. } => "MemoryAccess",
-        VpExit::IoPortAccess { port, .. } if *port == HYPERCALL_PORT => "IoPortAccess (hypercall)",
-        VpExit::IoPortAccess { .. } => "IoPortAccess",
-        VpExit::MsrAccess(_) => "MsrAccess",
-        VpExit::Halt => "Halt",
-        VpExit::InterruptWindow => "InterruptWindow",
-        VpExit::ApicEoi { .. } => "ApicEoi",
-        VpExit::UnrecoverableException => "UnrecoverableException",
-        VpExit::InvalidVpRegisterValue { .. } => "InvalidVpRegisterValue",
-        VpExit::Canceled => "Canceled",
-        VpExit::SystemEvent { .. } => "SystemEvent",
-        VpExit::InternalError => "InternalError",
-        VpExit::MemoryFault { .. } => "MemoryFault",
-        VpExit::Exception => "Exception",
-        VpExit::Debug(_) => "Debug",
-        VpExit::KvmHypercall { .. } => "KvmHypercall",
-        VpExit::Nmi => "Nmi",
-        VpExit::Hyperv => "Hyperv",
-        VpExit::Other { .. } => "Other",
-        VpExit::RunFailed { .. } => "RunFailed",
     }
 }

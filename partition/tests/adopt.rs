@@ -72,10 +72,12 @@ fn a_vmm_with_its_own_vm_vcpu_and_run_loop() {
     };
     let p = Partition::adopt(
         VmParts {
-            kvm,
-            vm,
+            kvm: Arc::new(kvm),
+            vm: Arc::new(vm),
             memory,
             ram_slots: vec![5],
+            // The overlay takes the slots the VMM names.
+            overlay_slots: Some([9, 12]),
         },
         PartitionConfig {
             max_vps: 1,
@@ -99,10 +101,11 @@ fn a_vmm_with_its_own_vm_vcpu_and_run_loop() {
     let vm2 = kvm2.create_vm().unwrap();
     assert!(Partition::adopt(
         VmParts {
-            kvm: kvm2,
-            vm: vm2,
+            kvm: Arc::new(kvm2),
+            vm: Arc::new(vm2),
             memory: other,
             ram_slots: vec![0, 1],
+            overlay_slots: None,
         },
         p.config().clone(),
         PartitionOptions::default(),

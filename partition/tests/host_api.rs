@@ -194,11 +194,11 @@ fn registers_by_name_round_trip_and_refusals_are_hv_status() {
     assert_eq!(got[5].low >> 16 & 0xFFFF, 0b101, "VTL 0 and 2 enabled");
     // Refused: read-only, unknown, reserved bits; nothing of the batch is written.
     assert_eq!(
-        v0.set_registers(&[(N::VP_INDEX, 1u64.into())]),
+        status(v0.set_registers(&[(N::VP_INDEX, 1u64.into())])),
         Err(HvError::INVALID_PARAMETER)
     );
     assert_eq!(
-        v0.set_registers(&[(N::RAX, 7u64.into()), (N(0x7777), 0u64.into())]),
+        status(v0.set_registers(&[(N::RAX, 7u64.into()), (N(0x7777), 0u64.into())])),
         Err(HvError::INVALID_PARAMETER)
     );
     assert_eq!(
@@ -207,14 +207,17 @@ fn registers_by_name_round_trip_and_refusals_are_hv_status() {
         "batch refused as a whole"
     );
     assert_eq!(
-        v0.get_registers(&[N(0x7777)]),
+        status(v0.get_registers(&[N(0x7777)])),
         Err(HvError::INVALID_PARAMETER)
     );
-    // KVM refusal (paging off while in long mode) is INVALID_PARAMETER too.
-    assert_eq!(
-        v0.set_registers(&[(N::CR0, 0x11u64.into())]),
-        Err(HvError::INVALID_PARAMETER)
-    );
+    // A KVM refusal (paging off while in long mode) is the host's error, with
+    // the ioctl and its errno; nothing is disguised as an HV_STATUS.
+    match v0.set_registers(&[(N::CR0, 0x11u64.into())]) {
+        Err(hv_partition::VpError::Kvm { what, source }) => {
+            assert_eq!((what, source.errno()), ("KVM_SET_SREGS", libc::EINVAL));
+        }
+        other => panic!("{other:?}"),
+    }
     // Explicit suspend through the register; the initial APIC id only while suspended.
     v0.set_registers(&[(N::INITIAL_APIC_ID, 0u64.into())])
         .unwrap();
@@ -222,7 +225,7 @@ fn registers_by_name_round_trip_and_refusals_are_hv_status() {
         .unwrap();
     assert!(!p.vp_state(vp(0)).unwrap().explicit_suspend());
     assert_eq!(
-        v0.set_registers(&[(N::INITIAL_APIC_ID, 3u64.into())]),
+        status(v0.set_registers(&[(N::INITIAL_APIC_ID, 3u64.into())])),
         Err(HvError::INVALID_VP_STATE)
     );
     let v: HvRegisterValue = v0.get_registers(&[N::EXPLICIT_SUSPEND]).unwrap()[0];
@@ -526,10 +529,11 @@ fn an_adopted_partition_checks_starts_outside_the_vmms_vm() {
     .unwrap();
     let p = Partition::adopt(
         VmParts {
-            kvm,
-            vm,
+            kvm: Arc::new(kvm),
+            vm: Arc::new(vm),
             memory,
             ram_slots: vec![0],
+            overlay_slots: None,
         },
         PartitionConfig {
             max_vps: 2,
@@ -557,4 +561,12 @@ fn an_adopted_partition_checks_starts_outside_the_vmms_vm() {
     p.start_virtual_processor(vp(1), Vtl::VTL0, &good).unwrap();
     // The VMM's VM holds only its VPs: vCPU id 2 is still free.
     assert!(p.vm().create_vcpu(2).is_ok());
+}
+
+/// The TLFS status of a host call's failure; a host error fails the test.
+fn status<T: std::fmt::Debug>(r: Result<T, hv_partition::VpError>) -> Result<T, HvError> {
+    r.map_err(|e| match e {
+        hv_partition::VpError::Status(s) => s,
+        other => panic!("a host error where a TLFS status was expected: {other}"),
+    })
 }

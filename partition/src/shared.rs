@@ -1,0 +1,127 @@
+//! The part of a VP other threads reach ([`VpShared`]), and the partition-wide
+//! state of the synthetic MSRs.
+
+use std::sync::MutexGuard;
+
+use hv_defs::{HvError, HvResult, InitialVpContext, VpIndex};
+use hv_regs::Synthetic;
+use kvm_bindings::CpuId;
+use vp_state::VpState;
+
+use crate::kick::VpKicker;
+use crate::run_state::{RunGate, RunState, Runnable};
+
+/// Partition-wide state of the synthetic MSRs.
+#[derive(Debug, Default)]
+pub(crate) struct HvPartitionState {
+    pub guest_os_id: u64,
+    pub hypercall: u64,
+    pub tsc_invariant_control: u64,
+}
+
+/// What a VP's thread must do next, besides running.
+#[derive(Debug)]
+pub(crate) struct VpInner {
+    pub state: VpState,
+    /// A context handed over by StartVirtualProcessor, to load before running.
+    pub pending_start: Option<InitialVpContext>,
+    /// The host asked to cancel the current or next run.
+    pub cancel: bool,
+    /// The run protocol's part ([`crate::run_state`]).
+    pub run: RunState,
+    pub initial_apic_id: u32,
+    pub vp_assist_page: u64,
+}
+
+impl VpInner {
+    pub fn new(state: VpState, initial_apic_id: u32) -> Self {
+        VpInner {
+            state,
+            pending_start: None,
+            cancel: false,
+            run: RunState::default(),
+            initial_apic_id,
+            vp_assist_page: 0,
+        }
+    }
+}
+
+impl Runnable for VpInner {
+    fn run_state(&mut self) -> &mut RunState {
+        &mut self.run
+    }
+
+    /// The VP model sees the run end.
+    fn on_leave(&mut self) {
+        if let Ok(s) = self.state.exit_run() {
+            self.state = s;
+        }
+    }
+}
+
+/// The part of a VP other threads reach.
+#[derive(Debug)]
+pub(crate) struct VpShared {
+    pub index: VpIndex,
+    /// The vendor the vCPU's CPUID presents, for vendor-specific register rules.
+    pub vendor: hv_regs::CpuVendor,
+    /// The vCPU's CPUID as set when the VP was made (the partition's or the
+    /// VMM's): the start checks load contexts with it.
+    pub cpuid: CpuId,
+    /// The guest TSC frequency (HV_X64_MSR_TSC_FREQUENCY), 0 if KVM does not say.
+    pub tsc_hz: u64,
+    /// The VP lock, its condition variable and its kicker.
+    pub gate: RunGate<VpInner, VpKicker>,
+}
+
+impl VpShared {
+    pub fn lock(&self) -> MutexGuard<'_, VpInner> {
+        self.gate.lock()
+    }
+
+    /// A register the VP model keeps.
+    pub fn synthetic(&self, reg: Synthetic) -> u64 {
+        let g = self.lock();
+        match reg {
+            Synthetic::ExplicitSuspend => g.state.explicit_suspend() as u64,
+            Synthetic::InterceptSuspend => g.state.intercept_suspend() as u64,
+            Synthetic::VpIndex => self.index.0 as u64,
+            Synthetic::VsmVpStatus => {
+                hv_regs::VsmVpStatus::new(g.state.active_vtl(), g.state.enabled_vtls()).0
+            }
+            Synthetic::InitialApicId => g.initial_apic_id as u64,
+        }
+    }
+
+    /// Writes a register the VP model keeps (the value has been validated). The
+    /// initial APIC id may change only while the VP is explicitly suspended, before
+    /// its parent releases it; VP index and VSM status are read-only. A suspend
+    /// returns once the VP's thread is out of KVM_RUN (unless it is the caller's).
+    pub fn set_synthetic(&self, reg: Synthetic, value: u64) -> HvResult<()> {
+        let mut g = self.lock();
+        match reg {
+            Synthetic::ExplicitSuspend => g.state = g.state.set_explicit_suspend(value != 0),
+            Synthetic::InterceptSuspend => g.state = g.state.set_intercept_suspend(value != 0),
+            Synthetic::InitialApicId if !g.state.explicit_suspend() => {
+                return Err(HvError::INVALID_VP_STATE)
+            }
+            Synthetic::InitialApicId => g.initial_apic_id = value as u32,
+            Synthetic::VpIndex | Synthetic::VsmVpStatus => return Err(HvError::ACCESS_DENIED),
+        }
+        let suspended = g.state.suspended();
+        drop(g);
+        self.gate.notify();
+        if suspended {
+            self.gate.kick_and_wait(|g| g.state.suspended());
+        }
+        Ok(())
+    }
+
+    /// Cancels the VP's current or next run: its thread is woken or kicked, and
+    /// its [`crate::Vp::run`] returns `Canceled`. Does not wait.
+    pub fn cancel(&self) {
+        self.lock().cancel = true;
+        self.gate.notify();
+        self.gate.kick(|g| g.cancel);
+    }
+}
