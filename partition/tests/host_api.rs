@@ -563,6 +563,93 @@ fn an_adopted_partition_checks_starts_outside_the_vmms_vm() {
     assert!(p.vm().create_vcpu(2).is_ok());
 }
 
+#[test]
+fn the_start_check_uses_the_cpuid_the_vmm_set() {
+    // The VMM declines set_cpuid and gives its vCPUs a CPUID with a smaller
+    // MAXPHYADDR (36 bits, leaf 0x80000008) than KVM's: a start context whose
+    // CR3 lies above it cannot load on them (KVM_SET_SREGS checks CR3 against
+    // the vCPU's MAXPHYADDR in long mode), so the start is refused
+    // synchronously (TLFS HvCallStartVirtualProcessor:
+    // HV_STATUS_INVALID_REGISTER_VALUE) and the target stays unstarted, rather
+    // than the target failing its next run.
+    use hv_partition::VmParts;
+    let kvm = kvm_ioctls::Kvm::new().expect("the partition tests need /dev/kvm");
+    let mut cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .unwrap();
+    let leaf = cpuid
+        .as_mut_slice()
+        .iter_mut()
+        .find(|e| e.function == 0x8000_0008)
+        .expect("KVM reports leaf 0x80000008");
+    let host_bits = leaf.eax & 0xFF;
+    assert!(
+        host_bits > 40,
+        "this test needs a MAXPHYADDR above 40 ({host_bits})"
+    );
+    leaf.eax = (leaf.eax & !0xFF) | 36;
+    let vm = kvm.create_vm().unwrap();
+    let memory =
+        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+    let host = vm_memory::GuestMemoryBackend::get_host_address(&memory, GuestAddress(0)).unwrap();
+    // SAFETY: the region is mapped for RAM bytes at `host`; the partition keeps
+    // `memory` for as long as the VM exists.
+    unsafe {
+        vm.set_user_memory_region(kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: RAM,
+            userspace_addr: host as u64,
+        })
+    }
+    .unwrap();
+    let p = Partition::adopt(
+        VmParts {
+            kvm: Arc::new(kvm),
+            vm: Arc::new(vm),
+            memory,
+            ram_slots: vec![0],
+            overlay_slots: None,
+        },
+        PartitionConfig {
+            max_vps: 2,
+            memory: vec![(0, RAM)],
+            hyperv: None,
+            cpuid_masks: vec![],
+        },
+        hv_partition::PartitionOptions {
+            set_cpuid: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    write_tables(p.memory());
+    let vps: Vec<_> = (0..2u32)
+        .map(|i| {
+            let v = p.vm().create_vcpu(i as u64).unwrap();
+            v.set_cpuid2(&cpuid).unwrap();
+            p.adopt_vp(vp(i), v).unwrap()
+        })
+        .collect();
+    let good = ctx64(AP_CODE, stack(1));
+    let high_cr3 = hv_defs::InitialVpContext {
+        cr3: 1 << 40,
+        ..good
+    };
+    assert_eq!(
+        status(p.start_virtual_processor(vp(1), Vtl::VTL0, &high_cr3)),
+        Err(HvError::INVALID_REGISTER_VALUE),
+        "CR3 above the VMM's MAXPHYADDR"
+    );
+    assert_eq!(
+        p.vp_activity(vp(1)).unwrap(),
+        vp_state::Activity::WaitForSipi
+    );
+    p.start_virtual_processor(vp(1), Vtl::VTL0, &good).unwrap();
+    drop(vps);
+}
+
 /// The TLFS status of a host call's failure; a host error fails the test.
 fn status<T: std::fmt::Debug>(r: Result<T, hv_partition::VpError>) -> Result<T, HvError> {
     r.map_err(|e| match e {
