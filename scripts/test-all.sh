@@ -30,6 +30,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "hv-regs without its kvm feature (no kvm-ioctls)"
+cargo clippy -p hv-regs --no-default-features --locked -- -D warnings
+
 step "test guests (guests/build.sh: kernels and initramfs, cached by content hash)"
 guests/build.sh minimal vtl2
 

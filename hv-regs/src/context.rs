@@ -190,8 +190,12 @@ pub const fn context_status(_: RegisterFault) -> HvError {
     HvError::INVALID_REGISTER_VALUE
 }
 
-/// Validates `ctx` and loads it into `vcpu`: special registers, then PAT, then the
-/// general-purpose registers. A refused context leaves the vCPU untouched.
+/// Validates `ctx` and loads it into `vcpu`, as StartVirtualProcessor does:
+/// special registers, then PAT, then the general-purpose registers, and then
+/// the vCPU is made runnable (`KVM_MP_STATE_RUNNABLE`): with KVM's in-kernel
+/// irqchip an application processor is otherwise `UNINITIALIZED`, waiting for
+/// an INIT/SIPI, and would never run the context. A refused context leaves the
+/// vCPU untouched.
 pub fn load_context<V: VcpuRegisters>(
     vcpu: &V,
     ctx: &InitialVpContext,
@@ -201,7 +205,9 @@ pub fn load_context<V: VcpuRegisters>(
     vcpu.set_sregs(&k.sregs).map_err(AccessError::Backend)?;
     vcpu.set_msr(msr::PAT, k.pat)
         .map_err(AccessError::Backend)?;
-    vcpu.set_regs(&k.regs).map_err(AccessError::Backend)
+    vcpu.set_regs(&k.regs).map_err(AccessError::Backend)?;
+    vcpu.set_mp_state(crate::mp_state::RUNNABLE)
+        .map_err(AccessError::Backend)
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ impl<'a> KvmVcpu<'a> {
         // No CPUID set yet (E2BIG/EINVAL on some hosts) presents no vendor.
         let vendor = fd
             .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
-            .map_or(CpuVendor::Other, |c| CpuVendor::of(&c));
+            .map_or(CpuVendor::Other, |c| CpuVendor::of(c.as_slice()));
         Ok(KvmVcpu { fd, vendor })
     }
 }

@@ -46,11 +46,24 @@ impl CpuVendor {
         Self::from_id(&id)
     }
 
-    /// The vendor a vCPU's CPUID (as given to KVM_SET_CPUID2) presents in leaf
-    /// 0; [`CpuVendor::Other`] if it has no leaf 0.
-    pub fn of(cpuid: &kvm_bindings::CpuId) -> Self {
-        cpuid
-            .as_slice()
+    /// The vendor a vCPU's CPUID entries (as given to KVM_SET_CPUID2: with
+    /// kvm-bindings' fam-wrappers, `cpuid.as_slice()`) present in leaf 0;
+    /// [`CpuVendor::Other`] if there is no leaf 0.
+    ///
+    /// ```
+    /// use hv_regs::{kvm_bindings::kvm_cpuid_entry2, CpuVendor};
+    /// let leaf0 = kvm_cpuid_entry2 {
+    ///     function: 0,
+    ///     ebx: 0x756e_6547, // "Genu"
+    ///     edx: 0x4965_6e69, // "ineI"
+    ///     ecx: 0x6c65_746e, // "ntel"
+    ///     ..Default::default()
+    /// };
+    /// assert_eq!(CpuVendor::of(&[leaf0]), CpuVendor::Intel);
+    /// assert_eq!(CpuVendor::of(&[]), CpuVendor::Other);
+    /// ```
+    pub fn of(entries: &[kvm_bindings::kvm_cpuid_entry2]) -> Self {
+        entries
             .iter()
             .find(|e| e.function == 0)
             .map_or(CpuVendor::Other, |e| Self::from_cpuid0(e.ebx, e.ecx, e.edx))

@@ -354,6 +354,31 @@ fn load_context_sets_what_the_context_says() {
 }
 
 #[test]
+fn load_context_makes_an_application_processor_runnable() {
+    // With the in-kernel irqchip, a vCPU other than the first is UNINITIALIZED
+    // (waiting for INIT/SIPI); a loaded start context must run.
+    let kvm = common::open_kvm();
+    let vm = kvm.create_vm().unwrap();
+    vm.create_irq_chip().unwrap();
+    let _bsp = vm.create_vcpu(0).unwrap();
+    let fd = vm.create_vcpu(1).unwrap();
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .unwrap();
+    fd.set_cpuid2(&cpuid).unwrap();
+    let vcpu = hv_regs::KvmVcpu {
+        fd: &fd,
+        vendor: hv_regs::CpuVendor::of(cpuid.as_slice()),
+    };
+    assert_eq!(
+        vcpu.get_mp_state().unwrap(),
+        hv_regs::mp_state::UNINITIALIZED
+    );
+    load_context(&vcpu, &long_mode_context()).unwrap();
+    assert_eq!(vcpu.get_mp_state().unwrap(), hv_regs::mp_state::RUNNABLE);
+}
+
+#[test]
 fn a_batch_reaches_long_mode_where_single_writes_cannot() {
     use HvRegisterName as N;
     let kvm = common::open_kvm();

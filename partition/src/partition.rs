@@ -416,7 +416,7 @@ impl Partition {
         let state = VpState::new(index, self.boot_vtl())?;
         let shared = Arc::new(VpShared {
             index,
-            vendor: hv_regs::CpuVendor::of(&cpuid),
+            vendor: hv_regs::CpuVendor::of(cpuid.as_slice()),
             cpuid,
             tsc_hz: vcpu.get_tsc_khz().map_or(0, |khz| khz as u64 * 1000),
             gate: RunGate::new(

@@ -116,7 +116,7 @@ pub fn long_mode_vcpu_as(vendor: Option<&[u8; 12]>) -> (Kvm, VmFd, TestVcpu) {
         let word = |i: usize| u32::from_le_bytes(id[i..i + 4].try_into().unwrap());
         (leaf0.ebx, leaf0.edx, leaf0.ecx) = (word(0), word(4), word(8));
     }
-    let vendor = CpuVendor::of(&cpuid);
+    let vendor = CpuVendor::of(cpuid.as_slice());
     fd.set_cpuid2(&cpuid).expect("KVM_SET_CPUID2");
     let vcpu = TestVcpu {
         fd,
