@@ -34,7 +34,9 @@
 #![deny(clippy::wildcard_enum_match_arm)]
 
 use hv_defs::HypercallControl;
-use kvm_bindings::{kvm_regs, kvm_run, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES};
+use kvm_bindings::{
+    kvm_regs, kvm_run, kvm_sregs, KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
+};
 use kvm_ioctls::{MsrExitReason, VcpuExit, VcpuFd};
 
 /// Errno values `KVM_RUN` returns when it was interrupted before entering the guest.
@@ -422,6 +424,80 @@ impl HypercallExit {
     }
 }
 
+/// How the caller of a hypercall runs, by its registers (TLFS "Legal Hypercall
+/// Environments"): only CPL 0 in protected mode may make hypercalls, and the
+/// caller's mode selects its register ABI.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum CallerMode {
+    /// 64-bit code (EFER.LMA and CS.L): RCX, RDX, R8 in, RAX out.
+    Long,
+    /// 32-bit protected mode (or compatibility mode): EDX:EAX, EBX:ECX,
+    /// EDI:ESI in, EDX:EAX out.
+    Protected,
+    /// Real mode, virtual-8086 mode or CPL > 0: the hypercall is #UD.
+    Illegal,
+}
+
+const CR0_PE: u64 = 1;
+const EFER_LMA: u64 = 1 << 10;
+const RFLAGS_VM: u64 = 1 << 17;
+
+impl CallerMode {
+    /// The caller's mode from its registers at the trap.
+    ///
+    /// ```
+    /// use exit_decoder::CallerMode;
+    /// use kvm_bindings::{kvm_regs, kvm_sregs};
+    /// let mut sregs = kvm_sregs { cr0: 1, efer: 1 << 10, ..Default::default() };
+    /// sregs.cs.l = 1;
+    /// assert_eq!(CallerMode::of(&kvm_regs::default(), &sregs), CallerMode::Long);
+    /// sregs.ss.dpl = 3;
+    /// assert_eq!(CallerMode::of(&kvm_regs::default(), &sregs), CallerMode::Illegal);
+    /// ```
+    pub fn of(regs: &kvm_regs, sregs: &kvm_sregs) -> CallerMode {
+        let protected = sregs.cr0 & CR0_PE != 0 && regs.rflags & RFLAGS_VM == 0;
+        if !protected || sregs.ss.dpl != 0 {
+            CallerMode::Illegal
+        } else if sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0 {
+            CallerMode::Long
+        } else {
+            CallerMode::Protected
+        }
+    }
+
+    /// The hypercall the caller made, by its mode's ABI; `None` for an illegal
+    /// caller.
+    pub fn hypercall(self, regs: &kvm_regs) -> Option<HypercallExit> {
+        match self {
+            CallerMode::Long => Some(HypercallExit::from_regs(regs)),
+            CallerMode::Protected => Some(HypercallExit::from_regs_x86(regs)),
+            CallerMode::Illegal => None,
+        }
+    }
+
+    /// Writes a hypercall result value where the caller expects it: RAX for a
+    /// 64-bit caller, EDX:EAX for a 32-bit one. Nothing for an illegal caller.
+    ///
+    /// ```
+    /// use exit_decoder::CallerMode;
+    /// let mut regs = kvm_bindings::kvm_regs::default();
+    /// CallerMode::Protected.write_result(&mut regs, 0x0000_0002_0000_0005);
+    /// assert_eq!((regs.rdx, regs.rax), (2, 5));
+    /// CallerMode::Long.write_result(&mut regs, 0x0000_0002_0000_0005);
+    /// assert_eq!(regs.rax, 0x0000_0002_0000_0005);
+    /// ```
+    pub fn write_result(self, regs: &mut kvm_regs, result: u64) {
+        match self {
+            CallerMode::Long => regs.rax = result,
+            CallerMode::Protected => {
+                regs.rax = result & 0xFFFF_FFFF;
+                regs.rdx = result >> 32;
+            }
+            CallerMode::Illegal => {}
+        }
+    }
+}
+
 /// Asks KVM to copy the GPRs into `kvm_run` on every exit, so a hypercall exit can be
 /// decoded with [`sync_regs`] instead of `KVM_GET_REGS`.
 pub fn enable_sync_regs(vcpu: &mut VcpuFd) {
@@ -444,6 +520,56 @@ pub fn set_rax_on_next_run(vcpu: &mut VcpuFd, rax: u64) {
 mod tests {
     use super::*;
     use hv_defs::WhvRunVpExitReason as R;
+
+    #[test]
+    fn caller_modes_follow_the_legal_hypercall_environments() {
+        // TLFS "Legal Hypercall Environments": protected mode at CPL 0 only.
+        let mut regs = kvm_regs::default();
+        let mut sregs = kvm_sregs::default();
+        assert_eq!(
+            CallerMode::of(&regs, &sregs),
+            CallerMode::Illegal,
+            "real mode"
+        );
+        sregs.cr0 = CR0_PE;
+        assert_eq!(CallerMode::of(&regs, &sregs), CallerMode::Protected);
+        regs.rflags = RFLAGS_VM;
+        assert_eq!(CallerMode::of(&regs, &sregs), CallerMode::Illegal, "v8086");
+        regs.rflags = 0;
+        sregs.efer = EFER_LMA;
+        assert_eq!(
+            CallerMode::of(&regs, &sregs),
+            CallerMode::Protected,
+            "compatibility mode"
+        );
+        sregs.cs.l = 1;
+        assert_eq!(CallerMode::of(&regs, &sregs), CallerMode::Long);
+        sregs.ss.dpl = 1;
+        assert_eq!(CallerMode::of(&regs, &sregs), CallerMode::Illegal, "CPL 1");
+        assert_eq!(CallerMode::Illegal.hypercall(&regs), None);
+        let mut r = kvm_regs {
+            rax: 7,
+            rdx: 9,
+            ..Default::default()
+        };
+        CallerMode::Illegal.write_result(&mut r, u64::MAX);
+        assert_eq!((r.rax, r.rdx), (7, 9));
+        let regs = kvm_regs {
+            rcx: 0x99,
+            rdx: 0x1000,
+            r8: 0x2000,
+            rax: 0x46,
+            ..Default::default()
+        };
+        assert_eq!(
+            CallerMode::Long.hypercall(&regs),
+            Some(HypercallExit::from_regs(&regs))
+        );
+        assert_eq!(
+            CallerMode::Protected.hypercall(&regs),
+            Some(HypercallExit::from_regs_x86(&regs))
+        );
+    }
 
     #[test]
     fn every_exit_has_its_whv_reason() {

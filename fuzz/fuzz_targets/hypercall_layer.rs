@@ -5,8 +5,8 @@
 #![no_main]
 
 use hv_defs::{
-    HvError, HvInputVtl, HvRegisterName, HvRegisterValue, HvResult, HypercallCode,
-    HypercallControl, InitialVpContext, PartitionId, VpIndex, Vtl,
+    HvError, HvInputVtl, HvRegisterName, HvRegisterValue, HvResult, HvStatus, HypercallCode,
+    HypercallControl, HypercallResult, InitialVpContext, PartitionId, VpIndex, Vtl,
 };
 use hv_hypercall::*;
 use libfuzzer_sys::fuzz_target;
@@ -92,29 +92,22 @@ impl GetVpIndexFromApicId for Vmm {
         self.reps(ids.len())
     }
 }
-impl Calls for Vmm {
-    fn hv_call_get_partition_id(&mut self) -> Option<&mut dyn GetPartitionId> {
-        Some(self)
-    }
-    fn hv_call_notify_long_spin_wait(&mut self) -> Option<&mut dyn NotifyLongSpinWait> {
-        Some(self)
-    }
-    fn hv_call_get_vp_registers(&mut self) -> Option<&mut dyn GetVpRegisters> {
-        Some(self)
-    }
-    fn hv_call_set_vp_registers(&mut self) -> Option<&mut dyn SetVpRegisters> {
-        Some(self)
-    }
-    fn hv_call_enable_vp_vtl(&mut self) -> Option<&mut dyn EnableVpVtl> {
-        Some(self)
-    }
-    fn hv_call_start_virtual_processor(&mut self) -> Option<&mut dyn StartVirtualProcessor> {
-        Some(self)
-    }
-    fn hv_call_get_vp_index_from_apic_id(&mut self) -> Option<&mut dyn GetVpIndexFromApicId> {
-        Some(self)
+/// Every call the dispatcher leaves to the VMM: it writes nothing.
+impl Fallback for Vmm {
+    fn hypercall(&mut self, call: HypercallInput) -> HypercallResult {
+        HypercallResult::new(HvStatus::SUCCESS, call.control.rep_count())
     }
 }
+hv_hypercall::impl_calls!(Vmm:
+    GetPartitionId,
+    NotifyLongSpinWait,
+    GetVpRegisters,
+    SetVpRegisters,
+    EnableVpVtl,
+    StartVirtualProcessor,
+    GetVpIndexFromApicId,
+    Fallback,
+);
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 25 {

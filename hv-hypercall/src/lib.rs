@@ -19,8 +19,12 @@
 //!   the outputs of completed reps are written at their place in the output list,
 //!   and nothing outside the output block is ever written.
 //!
-//! What each call means (which partition, which VP, which VTL) is the handler's:
-//! the crate validates shapes, not semantics, and has no policy.
+//! What each call means is the handler's: the dispatcher validates shapes, not
+//! semantics, and has no policy. The checks that depend only on who calls
+//! (partition id, `HV_VP_INDEX_SELF`, HV_INPUT_VTL, StartVirtualProcessor's and
+//! EnableVpVtl's order of checks) are shared as [`Caller`]. Codes this crate does
+//! not parse, and calls the VMM does not list, go to its [`Fallback`]; the
+//! accessors are written by [`impl_calls!`].
 //!
 //! ```
 //! use hv_defs::{HvResult, HypercallCode, HypercallControl, PartitionId};
@@ -67,7 +71,10 @@ use hv_defs::{
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use zerocopy::IntoBytes;
 
+pub use caller::Caller;
 pub use vm_memory;
+
+mod caller;
 
 /// A hypercall as the guest issued it: the TLFS register ABI, already taken
 /// from the caller's registers (RCX, RDX, R8 for a 64-bit caller; EDX:EAX,
@@ -160,10 +167,20 @@ pub trait GetVpIndexFromApicId {
     ) -> HvRepResult;
 }
 
+/// The calls the VMM serves itself: any code this crate does not parse
+/// (unknown to `hv-defs`: no control-word check has been made, the VMM makes
+/// its own), and any code whose accessor in [`Calls`] returns `None` (its
+/// control word checked).
+pub trait Fallback {
+    /// Serves `call` and returns its result value.
+    fn hypercall(&mut self, call: HypercallInput) -> HypercallResult;
+}
+
 /// The calls a VMM serves: each accessor returns the handler of its call, or
-/// `None` (the default), which the guest sees as
-/// `HV_STATUS_INVALID_HYPERCALL_CODE`. A type usually implements the call traits
-/// itself and returns `Some(self)`.
+/// `None` (the default): the call then goes to [`Calls::hv_call_fallback`]'s
+/// handler, and without one the guest sees `HV_STATUS_INVALID_HYPERCALL_CODE`.
+/// A type usually implements the call traits itself and lists them with
+/// [`impl_calls!`], which writes the accessors.
 pub trait Calls {
     /// HvCallGetPartitionId (0x0046).
     fn hv_call_get_partition_id(&mut self) -> Option<&mut dyn GetPartitionId> {
@@ -193,6 +210,107 @@ pub trait Calls {
     fn hv_call_get_vp_index_from_apic_id(&mut self) -> Option<&mut dyn GetVpIndexFromApicId> {
         None
     }
+    /// Every call not served above ([`Fallback`]).
+    fn hv_call_fallback(&mut self) -> Option<&mut dyn Fallback> {
+        None
+    }
+}
+
+/// Implements [`Calls`] for a type that implements the listed call traits
+/// itself: each accessor returns `Some(self)`, the others `None`.
+///
+/// ```
+/// use hv_defs::{HvResult, HypercallCode, HypercallControl, HypercallResult, PartitionId};
+/// use hv_hypercall::{dispatch, Fallback, GetPartitionId, HypercallInput};
+/// use vm_memory::{GuestAddress, GuestMemoryMmap};
+///
+/// struct Vmm;
+/// impl GetPartitionId for Vmm {
+///     fn get_partition_id(&mut self) -> HvResult<PartitionId> {
+///         Ok(PartitionId(7))
+///     }
+/// }
+/// // A call of the VMM's own (HvCallFlushVirtualAddressSpace, 0x0002).
+/// impl Fallback for Vmm {
+///     fn hypercall(&mut self, call: HypercallInput) -> HypercallResult {
+///         match call.control.code() {
+///             HypercallCode(0x0002) => HypercallResult::new(hv_defs::HvStatus::SUCCESS, 0),
+///             _ => HypercallResult::error(hv_defs::HvError::INVALID_HYPERCALL_CODE),
+///         }
+///     }
+/// }
+/// hv_hypercall::impl_calls!(Vmm: GetPartitionId, Fallback);
+///
+/// let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+/// let call = |code| HypercallInput {
+///     control: HypercallControl::new(HypercallCode(code)),
+///     input: 0,
+///     output: 0x2000,
+/// };
+/// assert_eq!(dispatch(&mem, call(0x46), &mut Vmm).status(), hv_defs::HvStatus::SUCCESS);
+/// assert_eq!(dispatch(&mem, call(0x02), &mut Vmm).status(), hv_defs::HvStatus::SUCCESS);
+/// assert_eq!(
+///     dispatch(&mem, call(0x7777), &mut Vmm).status(),
+///     hv_defs::HvError::INVALID_HYPERCALL_CODE.status()
+/// );
+/// ```
+#[macro_export]
+macro_rules! impl_calls {
+    ($ty:ty : $($call:ident),+ $(,)?) => {
+        impl $crate::Calls for $ty {
+            $( $crate::__calls_accessor!($call); )+
+        }
+    };
+}
+
+/// One accessor of [`impl_calls!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __calls_accessor {
+    (GetPartitionId) => {
+        fn hv_call_get_partition_id(&mut self) -> Option<&mut dyn $crate::GetPartitionId> {
+            Some(self)
+        }
+    };
+    (NotifyLongSpinWait) => {
+        fn hv_call_notify_long_spin_wait(&mut self) -> Option<&mut dyn $crate::NotifyLongSpinWait> {
+            Some(self)
+        }
+    };
+    (GetVpRegisters) => {
+        fn hv_call_get_vp_registers(&mut self) -> Option<&mut dyn $crate::GetVpRegisters> {
+            Some(self)
+        }
+    };
+    (SetVpRegisters) => {
+        fn hv_call_set_vp_registers(&mut self) -> Option<&mut dyn $crate::SetVpRegisters> {
+            Some(self)
+        }
+    };
+    (EnableVpVtl) => {
+        fn hv_call_enable_vp_vtl(&mut self) -> Option<&mut dyn $crate::EnableVpVtl> {
+            Some(self)
+        }
+    };
+    (StartVirtualProcessor) => {
+        fn hv_call_start_virtual_processor(
+            &mut self,
+        ) -> Option<&mut dyn $crate::StartVirtualProcessor> {
+            Some(self)
+        }
+    };
+    (GetVpIndexFromApicId) => {
+        fn hv_call_get_vp_index_from_apic_id(
+            &mut self,
+        ) -> Option<&mut dyn $crate::GetVpIndexFromApicId> {
+            Some(self)
+        }
+    };
+    (Fallback) => {
+        fn hv_call_fallback(&mut self) -> Option<&mut dyn $crate::Fallback> {
+            Some(self)
+        }
+    };
 }
 
 /// Guest memory as the dispatcher uses it: parameter blocks read and written by
@@ -266,10 +384,17 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
     calls: &mut dyn Calls,
 ) -> HypercallResult {
     let c = call.control;
+    // What is not served here goes to the VMM's fallback, if it has one.
+    let unserved = |calls: &mut dyn Calls| match calls.hv_call_fallback() {
+        Some(f) => f.hypercall(call),
+        None => HypercallResult::error(HvError::INVALID_HYPERCALL_CODE),
+    };
+    if c.code().kind().is_none() {
+        return unserved(calls);
+    }
     if let Err(e) = c.check() {
         return HypercallResult::error(e);
     }
-    let unserved = HypercallResult::error(HvError::INVALID_HYPERCALL_CODE);
     if c.code() == HypercallCode::NOTIFY_LONG_SPIN_WAIT {
         // A fast call: the spin count is in RDX.
         if c.variable_header_size() != 0 {
@@ -277,7 +402,7 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
         }
         return match calls.hv_call_notify_long_spin_wait() {
             Some(h) => simple(h.notify_long_spin_wait(call.input)),
-            None => unserved,
+            None => unserved(calls),
         };
     }
     // Every other call served here takes its input from memory.
@@ -289,7 +414,7 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
     match c.code() {
         HypercallCode::GET_PARTITION_ID => {
             let Some(h) = calls.hv_call_get_partition_id() else {
-                return unserved;
+                return unserved(calls);
             };
             simple((|| {
                 p.check_output(call.output, 8)?;
@@ -299,7 +424,7 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
         }
         HypercallCode::GET_VP_REGISTERS => {
             let Some(h) = calls.hv_call_get_vp_registers() else {
-                return unserved;
+                return unserved(calls);
             };
             let input = (|| {
                 let bytes = p.read(call.input, 16 + 4 * n)?;
@@ -337,7 +462,7 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
         }
         HypercallCode::SET_VP_REGISTERS => {
             let Some(h) = calls.hv_call_set_vp_registers() else {
-                return unserved;
+                return unserved(calls);
             };
             let input = (|| {
                 let bytes = p.read(call.input, 16 + 32 * n)?;
@@ -373,7 +498,7 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
         }
         HypercallCode::ENABLE_VP_VTL => {
             let Some(h) = calls.hv_call_enable_vp_vtl() else {
-                return unserved;
+                return unserved(calls);
             };
             simple((|| {
                 let bytes = p.read(call.input, size_of::<EnableVpVtlInput>())?;
@@ -383,7 +508,7 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
         }
         HypercallCode::START_VIRTUAL_PROCESSOR => {
             let Some(h) = calls.hv_call_start_virtual_processor() else {
-                return unserved;
+                return unserved(calls);
             };
             simple((|| {
                 let bytes = p.read(call.input, size_of::<StartVirtualProcessorInput>())?;
@@ -393,7 +518,7 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
         }
         HypercallCode::GET_VP_INDEX_FROM_APIC_ID => {
             let Some(h) = calls.hv_call_get_vp_index_from_apic_id() else {
-                return unserved;
+                return unserved(calls);
             };
             let input = (|| {
                 let bytes = p.read(call.input, 16 + 4 * n)?;
@@ -427,7 +552,7 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
             }
             reps(start, ids.len(), r)
         }
-        _ => unserved,
+        _ => unserved(calls),
     }
 }
 

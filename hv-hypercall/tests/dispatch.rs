@@ -680,3 +680,89 @@ fn a_vmm_serving_nothing_gets_invalid_code_for_every_call() {
         assert_eq!(snapshot(&m), before);
     }
 }
+
+/// A VMM that serves HvCallGetPartitionId here and everything else itself.
+#[derive(Default)]
+struct OwnCalls {
+    fallback: Vec<HypercallInput>,
+}
+
+impl GetPartitionId for OwnCalls {
+    fn get_partition_id(&mut self) -> HvResult<PartitionId> {
+        Ok(PartitionId(5))
+    }
+}
+
+impl Fallback for OwnCalls {
+    fn hypercall(&mut self, call: HypercallInput) -> HypercallResult {
+        self.fallback.push(call);
+        HypercallResult::new(HvStatus::SUCCESS, 1)
+    }
+}
+
+hv_hypercall::impl_calls!(OwnCalls: GetPartitionId, Fallback);
+
+#[test]
+fn the_fallback_gets_unknown_and_unserved_calls_exactly_as_issued() {
+    let m = memory(&[]);
+    let mut vmm = OwnCalls::default();
+    let before = snapshot(&m);
+    // A code hv-defs does not know (its control word is the VMM's to check,
+    // RsvdZ bits included), and a known call this VMM does not list.
+    let calls = [
+        HypercallInput {
+            control: HypercallControl(0x7ABC | (1 << 16) | (3 << 32) | (1 << 63)),
+            input: 0x1234,
+            output: 0x5678,
+        },
+        HypercallInput {
+            control: HypercallControl(0x0099),
+            input: IN,
+            output: 0,
+        },
+    ];
+    for call in calls {
+        let r = dispatch(&m, call, &mut vmm);
+        assert_eq!(r, HypercallResult::new(HvStatus::SUCCESS, 1));
+    }
+    assert_eq!(vmm.fallback, calls);
+    assert_eq!(snapshot(&m), before, "the dispatcher wrote nothing");
+    // Served here: not the fallback's.
+    let r = dispatch(
+        &m,
+        HypercallInput {
+            control: HypercallControl(0x46),
+            input: 0,
+            output: OUT,
+        },
+        &mut vmm,
+    );
+    assert_eq!(r.status(), HvStatus::SUCCESS);
+    assert_eq!(m.read_obj::<u64>(GuestAddress(OUT)).unwrap(), 5);
+    assert_eq!(vmm.fallback.len(), 2);
+}
+
+#[test]
+fn a_known_call_with_a_bad_control_word_never_reaches_the_fallback() {
+    // TLFS "Hypercall Inputs": a simple call with a rep count is
+    // HV_STATUS_INVALID_HYPERCALL_INPUT, whoever would serve it.
+    let m = memory(&[]);
+    let mut vmm = OwnCalls::default();
+    for control in [rep(0x99, 1, 0), 0x46 | (1 << 63)] {
+        let r = dispatch(
+            &m,
+            HypercallInput {
+                control: HypercallControl(control),
+                input: IN,
+                output: OUT,
+            },
+            &mut vmm,
+        );
+        assert_eq!(
+            r.status(),
+            status(HvError::INVALID_HYPERCALL_INPUT),
+            "{control:#x}"
+        );
+    }
+    assert!(vmm.fallback.is_empty());
+}

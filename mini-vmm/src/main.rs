@@ -19,8 +19,8 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use exit_decoder::{decode, Access, HypercallExit, VpExit};
-use hv_defs::{HvError, HvResult, InitialVpContext, PartitionId, VpIndex, Vtl};
-use hv_hypercall::{dispatch, Calls, HypercallInput, StartVirtualProcessor};
+use hv_defs::{HvResult, InitialVpContext, PartitionId, VpIndex, Vtl};
+use hv_hypercall::{dispatch, Caller, HypercallInput, StartVirtualProcessor};
 use hv_regs::KvmVcpu;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd};
@@ -29,6 +29,8 @@ use vp_state::VpState;
 use zerocopy::IntoBytes;
 
 const RAM: u64 = 4 << 20;
+/// This VMM's one partition, as HvCallGetPartitionId would name it.
+const PARTITION: PartitionId = PartitionId(1);
 const TRAMPOLINE: u64 = 0x5000;
 const TRAP_PORT: u8 = 0xE0;
 const TSS: u64 = 0x7000;
@@ -72,17 +74,18 @@ impl StartVirtualProcessor for GuestCalls<'_> {
         target_vtl: Vtl,
         context: &InitialVpContext,
     ) -> HvResult<()> {
-        if partition_id != PartitionId::SELF {
-            return Err(HvError::ACCESS_DENIED);
-        }
-        if vp_index == self.caller || vp_index == VpIndex::SELF {
-            return Err(HvError::INVALID_PARAMETER);
-        }
-        let slot = self
-            .shared
-            .vps
-            .get(vp_index.0 as usize)
-            .ok_or(HvError::INVALID_VP_INDEX)?;
+        // The TLFS checks every VMM shares: partition, VP exists, not the
+        // caller, VTL not above the caller's.
+        let caller = Caller {
+            partition: PARTITION,
+            vp: self.caller,
+            vtl: Vtl::VTL0,
+        };
+        let vps = &self.shared.vps;
+        let target = caller.start_target(partition_id, vp_index, target_vtl, |i| {
+            (i.0 as usize) < vps.len()
+        })?;
+        let slot = &vps[target.0 as usize];
         let mut g = slot.state.lock().unwrap_or_else(|e| e.into_inner());
         let started = g.0.start(target_vtl)?;
         hv_regs::context_to_kvm(context, &Default::default()).map_err(hv_regs::context_status)?;
@@ -92,11 +95,7 @@ impl StartVirtualProcessor for GuestCalls<'_> {
     }
 }
 
-impl Calls for GuestCalls<'_> {
-    fn hv_call_start_virtual_processor(&mut self) -> Option<&mut dyn StartVirtualProcessor> {
-        Some(self)
-    }
-}
+hv_hypercall::impl_calls!(GuestCalls<'_>: StartVirtualProcessor);
 
 /// What a VP thread saw.
 enum Report {

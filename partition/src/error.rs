@@ -63,7 +63,7 @@ pub enum PartitionError {
         /// KVM's limit.
         max: u32,
     },
-    /// [`VmParts::ram_slots`] does not name one slot per memory region.
+    /// [`crate::VmParts::ram_slots`] does not name one slot per memory region.
     #[error("{regions} memory regions but {slots} memory slots")]
     Slots {
         /// Regions of the memory.

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use exit_decoder::HypercallExit;
+use exit_decoder::CallerMode;
 use hv_defs::{
     HvError, HvInputVtl, HvRegisterValue, HvResult, InitialVpContext, PartitionId, VpIndex, Vtl,
 };
 use hv_hypercall::{
-    Calls, EnableVpVtl, GetPartitionId, GetVpIndexFromApicId, GetVpRegisters, HvRepResult,
+    Caller, EnableVpVtl, GetPartitionId, GetVpIndexFromApicId, GetVpRegisters, HvRepResult,
     HypercallInput, NotifyLongSpinWait, SetVpRegisters, StartVirtualProcessor,
 };
 use hv_regs::{location, HvRegisterName, KvmRegister, Synthetic};
@@ -23,13 +23,11 @@ impl Vp {
     /// `hv-hypercall` dispatcher, this VP's calls behind it), and arranges for
     /// its result to be in RAX (EDX:EAX for a 32-bit caller) when the guest
     /// resumes.
-    pub(crate) fn handle_hypercall(&mut self, long: bool) {
+    pub(crate) fn handle_hypercall(&mut self, mode: CallerMode) {
         let start = Instant::now();
         let regs = self.synced_regs();
-        let hc = if long {
-            HypercallExit::from_regs(&regs)
-        } else {
-            HypercallExit::from_regs_x86(&regs)
+        let Some(hc) = mode.hypercall(&regs) else {
+            return;
         };
         let partition = self.partition().clone();
         let call = HypercallInput {
@@ -38,7 +36,7 @@ impl Vp {
             output: hc.r8,
         };
         let result = hv_hypercall::dispatch(partition.memory(), call, &mut GuestCalls(self));
-        self.set_result(result.0, long);
+        self.set_result(result.0, mode);
         partition
             .stats
             .hypercall(hc.control.code(), result.status(), start.elapsed());
@@ -49,18 +47,19 @@ impl Vp {
 struct GuestCalls<'a>(&'a mut Vp);
 
 impl GuestCalls<'_> {
-    /// The partition id a guest names must be its own.
-    fn check_partition(&self, id: PartitionId) -> HvResult<()> {
-        if id == PartitionId::SELF || id == self.0.partition().id() {
-            Ok(())
-        } else {
-            Err(HvError::ACCESS_DENIED)
+    /// The calling VP, for the TLFS checks `hv-hypercall` shares.
+    fn caller(&self) -> Caller {
+        Caller {
+            partition: self.0.partition().id(),
+            vp: self.0.index(),
+            vtl: self.0.shared().lock().state.active_vtl(),
         }
     }
 
     /// The VP a guest names: HV_VP_INDEX_SELF or an existing VP.
     fn target(&self, index: VpIndex) -> HvResult<Arc<VpShared>> {
-        if index == VpIndex::SELF || index == self.0.index() {
+        let index = self.caller().vp(index);
+        if index == self.0.index() {
             return Ok(self.0.shared().clone());
         }
         self.0
@@ -69,20 +68,15 @@ impl GuestCalls<'_> {
             .ok_or(HvError::INVALID_VP_INDEX)
     }
 
-    fn active_vtl(&self) -> Vtl {
-        self.0.shared().lock().state.active_vtl()
-    }
-
-    /// An input VTL selector against the caller's VTL: only the caller's own VTL is
-    /// served; a higher one is `ACCESS_DENIED`, a lower one `INVALID_VTL_STATE`
+    /// An input VTL selector against the caller's VTL ([`Caller::input_vtl`]):
+    /// only the caller's own VTL is served; a lower one is `INVALID_VTL_STATE`
     /// (this partition keeps one register set per VP; see [`crate::choices`]).
     fn check_input_vtl(&self, sel: HvInputVtl) -> HvResult<()> {
-        let active = self.active_vtl();
-        match sel.target()? {
-            None => Ok(()),
-            Some(v) if v == active => Ok(()),
-            Some(v) if v > active => Err(HvError::ACCESS_DENIED),
-            Some(_) => Err(HvError::INVALID_VTL_STATE),
+        let caller = self.caller();
+        if caller.input_vtl(sel)? == caller.vtl {
+            Ok(())
+        } else {
+            Err(HvError::INVALID_VTL_STATE)
         }
     }
 
@@ -93,7 +87,7 @@ impl GuestCalls<'_> {
         vp_index: VpIndex,
         input_vtl: HvInputVtl,
     ) -> HvResult<Arc<VpShared>> {
-        self.check_partition(partition_id)?;
+        self.caller().partition(partition_id)?;
         let target = self.target(vp_index)?;
         self.check_input_vtl(input_vtl)?;
         Ok(target)
@@ -170,11 +164,12 @@ impl EnableVpVtl for GuestCalls<'_> {
         target_vtl: Vtl,
         context: &InitialVpContext,
     ) -> HvResult<()> {
-        self.check_partition(partition_id)?;
-        let target = self.target(vp_index)?;
-        if target_vtl > self.active_vtl() {
-            return Err(HvError::ACCESS_DENIED);
-        }
+        let index = self
+            .caller()
+            .enable_vtl_target(partition_id, vp_index, target_vtl, |i| {
+                self.target(i).is_ok()
+            })?;
+        let target = self.target(index)?;
         let mut g = target.lock();
         let enabled = g.state.enable_vtl(target_vtl)?;
         hv_regs::context_to_kvm(context, &Default::default()).map_err(hv_regs::context_status)?;
@@ -194,14 +189,12 @@ impl StartVirtualProcessor for GuestCalls<'_> {
         target_vtl: Vtl,
         context: &InitialVpContext,
     ) -> HvResult<()> {
-        self.check_partition(partition_id)?;
-        let target = self.target(vp_index)?;
-        if Arc::ptr_eq(&target, self.0.shared()) {
-            return Err(HvError::INVALID_PARAMETER);
-        }
-        if target_vtl > self.active_vtl() {
-            return Err(HvError::ACCESS_DENIED);
-        }
+        let index = self
+            .caller()
+            .start_target(partition_id, vp_index, target_vtl, |i| {
+                self.target(i).is_ok()
+            })?;
+        let target = self.target(index)?;
         start_vp(self.0.partition(), &target, target_vtl, context).map_err(|e| e.status())?;
         self.0.partition().started(target.index, target_vtl);
         Ok(())
@@ -216,7 +209,7 @@ impl GetVpIndexFromApicId for GuestCalls<'_> {
         apic_ids: &[u32],
         vp_indexes: &mut [VpIndex],
     ) -> HvRepResult {
-        self.check_partition(partition_id).map_err(|e| (e, 0))?;
+        self.caller().partition(partition_id).map_err(|e| (e, 0))?;
         self.check_input_vtl(target_vtl).map_err(|e| (e, 0))?;
         for (i, (&apic_id, out)) in apic_ids.iter().zip(vp_indexes.iter_mut()).enumerate() {
             *out = self
@@ -229,29 +222,15 @@ impl GetVpIndexFromApicId for GuestCalls<'_> {
     }
 }
 
-impl Calls for GuestCalls<'_> {
-    fn hv_call_get_partition_id(&mut self) -> Option<&mut dyn GetPartitionId> {
-        Some(self)
-    }
-    fn hv_call_notify_long_spin_wait(&mut self) -> Option<&mut dyn NotifyLongSpinWait> {
-        Some(self)
-    }
-    fn hv_call_get_vp_registers(&mut self) -> Option<&mut dyn GetVpRegisters> {
-        Some(self)
-    }
-    fn hv_call_set_vp_registers(&mut self) -> Option<&mut dyn SetVpRegisters> {
-        Some(self)
-    }
-    fn hv_call_enable_vp_vtl(&mut self) -> Option<&mut dyn EnableVpVtl> {
-        Some(self)
-    }
-    fn hv_call_start_virtual_processor(&mut self) -> Option<&mut dyn StartVirtualProcessor> {
-        Some(self)
-    }
-    fn hv_call_get_vp_index_from_apic_id(&mut self) -> Option<&mut dyn GetVpIndexFromApicId> {
-        Some(self)
-    }
-}
+hv_hypercall::impl_calls!(GuestCalls<'_>:
+    GetPartitionId,
+    NotifyLongSpinWait,
+    GetVpRegisters,
+    SetVpRegisters,
+    EnableVpVtl,
+    StartVirtualProcessor,
+    GetVpIndexFromApicId,
+);
 
 /// Another VP's registers are reachable only where the VP model keeps them: its
 /// vCPU belongs to its own thread, which may be running.

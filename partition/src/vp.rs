@@ -6,7 +6,7 @@ use polonius_the_crab::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
 
-use exit_decoder::{decode, enable_sync_regs, Access, VpExit};
+use exit_decoder::{decode, enable_sync_regs, Access, CallerMode, VpExit};
 
 use crate::hyperv::HYPERCALL_PORT;
 use hv_defs::{HvError, HvRegisterValue, InitialVpContext, VpIndex};
@@ -25,10 +25,8 @@ use crate::shared::VpShared;
 const MSR_MTRR_DEF_TYPE: u32 = 0x2FF;
 const EINVAL: i32 = 22;
 const EBUSY: i32 = 16;
-const CR0_PE: u64 = 1;
 const CR0_PG: u64 = 1 << 31;
 const EFER_LMA: u64 = 1 << 10;
-const RFLAGS_VM: u64 = 1 << 17;
 /// #UD and #GP.
 const VECTOR_UD: u8 = 6;
 const VECTOR_GP: u8 = 13;
@@ -66,9 +64,9 @@ pub enum Handled {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Trap {
     /// A hypercall through the enabled hypercall page from CPL 0 in protected
-    /// mode; `long` for a 64-bit caller (EFER.LMA and CS.L), whose ABI is RCX,
-    /// RDX, R8 and RAX rather than EDX:EAX, EBX:ECX, EDI:ESI and EDX:EAX.
-    Serve { long: bool },
+    /// mode ([`CallerMode::Long`] or [`CallerMode::Protected`], whose register
+    /// ABIs differ).
+    Serve(CallerMode),
     /// The hypercall page executed in real mode, virtual-8086 mode or at CPL > 0:
     /// #UD (TLFS "Legal Hypercall Environments").
     Undefined,
@@ -507,7 +505,7 @@ impl Vp {
             return Handled::NotMine;
         }
         match self.trap() {
-            Trap::Serve { long } => self.handle_hypercall(long),
+            Trap::Serve(mode) => self.handle_hypercall(mode),
             Trap::Undefined => self.inject_exception(VECTOR_UD, None),
             Trap::PortIo => return Handled::NotMine,
         }
@@ -629,19 +627,14 @@ impl Vp {
     /// entry. If the call wrote the caller's own GPRs with KVM_SET_REGS
     /// (HvCallSetVpRegisters), the exit-time copy is stale and the registers are
     /// read back first, so those writes are kept.
-    pub(crate) fn set_result(&mut self, result: u64, long: bool) {
+    pub(crate) fn set_result(&mut self, result: u64, mode: CallerMode) {
         let mut regs = self.synced_regs();
         if self.wrote_regs.replace(false) {
             if let Ok(r) = self.vcpu.get_regs() {
                 regs = r;
             }
         }
-        if long {
-            regs.rax = result;
-        } else {
-            regs.rax = result & 0xFFFF_FFFF;
-            regs.rdx = result >> 32;
-        }
+        mode.write_result(&mut regs, result);
         self.vcpu.sync_regs_mut().regs = regs;
         self.vcpu.set_sync_dirty_reg(SyncReg::Register);
         self.sync = SyncDirty::Armed;
@@ -694,11 +687,10 @@ impl Vp {
         if gpa != page && gpa != page + 2 {
             return Trap::PortIo;
         }
-        let protected = sregs.cr0 & CR0_PE != 0 && regs.rflags & RFLAGS_VM == 0;
-        if !protected || sregs.ss.dpl != 0 {
-            return Trap::Undefined;
+        match CallerMode::of(&regs, &sregs) {
+            CallerMode::Illegal => Trap::Undefined,
+            mode @ (CallerMode::Long | CallerMode::Protected) => Trap::Serve(mode),
         }
-        Trap::Serve { long }
     }
 
     /// Injects exception `vector` (with `error_code` if it has one) into the
