@@ -8,12 +8,22 @@
 //! * `exit-decoder` to decode each exit and the hypercall registers;
 //! * `hv-hypercall` to dispatch the guest's hypercalls over its memory;
 //! * `vp-state` for each VP's lifecycle (created, started once, VTL 0);
-//! * `hv-regs` (`KvmVcpu`) to validate and load an HV_INITIAL_VP_CONTEXT.
+//! * `hv-regs` (`KvmVcpu`) to validate and load an HV_INITIAL_VP_CONTEXT (and
+//!   make the AP runnable: the VM has KVM's in-kernel irqchip, so its APs are
+//!   created waiting for INIT/SIPI);
+//! * `hv-hypercall`'s `Caller` for the TLFS checks of the call.
 //!
 //! The guest's boot processor starts every other VP with
 //! HvCallStartVirtualProcessor, then tries to start VP 1 a second time; each AP
 //! reports its stack pointer. `mini-vmm --vcpus N` prints what happened and exits
 //! 0, or 1 with a line saying what went wrong.
+//!
+//! `--partition` runs the same guest with `hv-partition` adopted into the same
+//! kind of VM ([`adopted`]), as an outside VMM takes it: the VMM's own objects
+//! and loops, the default kick, the guest's own hypercall page (it writes
+//! HV_X64_MSR_GUEST_OS_ID and HV_X64_MSR_HYPERCALL first).
+
+mod adopted;
 
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -266,6 +276,11 @@ fn run(n: u32) -> Result<Vec<String>, String> {
         })
     }
     .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
+    // KVM's in-kernel irqchip, as most VMMs have: every vCPU but the first is
+    // then created UNINITIALIZED (waiting for INIT/SIPI), and a start must
+    // make it runnable (hv_regs::load_context does).
+    vm.create_irq_chip()
+        .map_err(|e| format!("KVM_CREATE_IRQCHIP: {e}"))?;
     setup_memory(&mem, n)?;
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -290,6 +305,12 @@ fn run(n: u32) -> Result<Vec<String>, String> {
         let (mem, shared, tx) = (mem.clone(), shared.clone(), tx.clone());
         std::thread::spawn(move || vp_thread(i, fd, mem, shared, tx));
     }
+    collect(&rx, n)
+}
+
+/// What the guest reported on `rx`, as lines, once every AP ran and the BSP is
+/// done; an error line for a failed start, a failed VP or a guest that hangs.
+fn collect(rx: &mpsc::Receiver<Report>, n: u32) -> Result<Vec<String>, String> {
     let mut lines = vec![];
     let mut aps = 0;
     let mut bsp_done = false;
@@ -324,19 +345,29 @@ fn run(n: u32) -> Result<Vec<String>, String> {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let n = match (
-        args.next().as_deref(),
-        args.next().map(|v| v.parse::<u32>()),
-    ) {
-        (None, _) => 4,
-        (Some("--vcpus"), Some(Ok(n))) if (2..=64).contains(&n) => n,
-        _ => {
-            eprintln!("usage: mini-vmm [--vcpus N]   (2 <= N <= 64)");
-            std::process::exit(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut n = 4;
+    let mut with_partition = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.clone().next().map(|v| v.parse::<u32>())) {
+            ("--vcpus", Some(Ok(v))) if (2..=64).contains(&v) => {
+                n = v;
+                it.next();
+            }
+            ("--partition", _) => with_partition = true,
+            _ => {
+                eprintln!("usage: mini-vmm [--vcpus N] [--partition]   (2 <= N <= 64)");
+                std::process::exit(2);
+            }
         }
+    }
+    let result = if with_partition {
+        adopted::run(n)
+    } else {
+        run(n)
     };
-    match run(n) {
+    match result {
         Ok(lines) => {
             for l in lines {
                 println!("{l}");
