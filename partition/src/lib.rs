@@ -52,6 +52,7 @@ mod msr;
 mod overlay;
 mod partition;
 mod run_state;
+mod settle;
 mod shared;
 mod start_check;
 mod stats;

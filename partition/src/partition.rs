@@ -248,6 +248,12 @@ impl Partition {
         if options.create_irqchip {
             vm.create_irq_chip()
                 .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+            if let Some(cpuid) = &supported_cpuid {
+                // The partition's own VM: its slot numbers are the partition's
+                // (RAM, then the overlay's two), so the next one is free.
+                let slot = ram.iter().map(|r| r.slot + 3).max().unwrap_or(2);
+                crate::settle::settle_in_background(vm.clone(), slot, gpa_limit_of(cpuid));
+            }
         }
         if options.msr_exits {
             // Unknown MSRs (and the filtered ranges) exit to user space instead of
@@ -303,11 +309,7 @@ impl Partition {
         let vps = (0..config.max_vps).map(|_| Mutex::new(None)).collect();
         let overlay = Overlay::new(&hyperv::HYPERCALL_PAGE, ram, overlay_slots)
             .map_err(PartitionError::Overlay)?;
-        let gpa_limit = supported_cpuid
-            .as_slice()
-            .iter()
-            .find(|e| e.function == 0x8000_0008)
-            .map_or(1u64 << 36, |e| 1u64 << (e.eax & 0xFF).clamp(32, 52));
+        let gpa_limit = gpa_limit_of(&supported_cpuid);
         Ok(Arc::new(Partition {
             kvm,
             vm,
@@ -713,4 +715,13 @@ fn ram_slots(memory: &GuestMemoryMmap, slots: &[u32]) -> Result<Vec<RamSlot>, Pa
             })
         })
         .collect()
+}
+
+/// One past the highest guest-physical address, from the CPUID's MAXPHYADDR.
+fn gpa_limit_of(cpuid: &CpuId) -> u64 {
+    cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0008)
+        .map_or(1u64 << 36, |e| 1u64 << (e.eax & 0xFF).clamp(32, 52))
 }
