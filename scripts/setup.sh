@@ -31,4 +31,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: cargo install cargo-nextest"
   cargo install --locked cargo-nextest
 fi
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "setup: cargo install cargo-deny"
+  cargo install --locked cargo-deny
+fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt

@@ -30,6 +30,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "cargo deny check licenses bans sources (advisories need the network's RustSec database: not checked)"
+cargo deny --locked check licenses bans sources
+
 step "hv-regs without its kvm feature (no kvm-ioctls)"
 cargo clippy -p hv-regs --no-default-features --locked -- -D warnings
 
