@@ -283,6 +283,35 @@ impl VpExit<'_> {
         }
     }
 
+    /// A stable name for the exit (its variant's), for statistics and logs.
+    ///
+    /// ```
+    /// assert_eq!(exit_decoder::VpExit::Halt.name(), "Halt");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            VpExit::MemoryAccess { .. } => "MemoryAccess",
+            VpExit::IoPortAccess { .. } => "IoPortAccess",
+            VpExit::MsrAccess(_) => "MsrAccess",
+            VpExit::Halt => "Halt",
+            VpExit::InterruptWindow => "InterruptWindow",
+            VpExit::ApicEoi { .. } => "ApicEoi",
+            VpExit::UnrecoverableException => "UnrecoverableException",
+            VpExit::InvalidVpRegisterValue { .. } => "InvalidVpRegisterValue",
+            VpExit::Canceled => "Canceled",
+            VpExit::SystemEvent { .. } => "SystemEvent",
+            VpExit::InternalError => "InternalError",
+            VpExit::MemoryFault { .. } => "MemoryFault",
+            VpExit::Exception => "Exception",
+            VpExit::Debug(_) => "Debug",
+            VpExit::KvmHypercall { .. } => "KvmHypercall",
+            VpExit::Nmi => "Nmi",
+            VpExit::Hyperv => "Hyperv",
+            VpExit::Other { .. } => "Other",
+            VpExit::RunFailed { .. } => "RunFailed",
+        }
+    }
+
     /// Whether this exit is the hypercall page's trap: a 4-byte OUT to `port`.
     pub fn is_hypercall_trap(&self, port: u16) -> bool {
         matches!(self, VpExit::IoPortAccess { port: p, access: Access::Write(d) } if *p == port && d.len() == 4)
@@ -554,6 +583,11 @@ mod tests {
         };
         CallerMode::Illegal.write_result(&mut r, u64::MAX);
         assert_eq!((r.rax, r.rdx), (7, 9));
+        CallerMode::Protected.write_result(&mut r, 0x0000_0003_0000_0011);
+        assert_eq!((r.rax, r.rdx), (0x11, 3));
+        CallerMode::Long.write_result(&mut r, 0x0000_0003_0000_0011);
+        assert_eq!((r.rax, r.rdx), (0x0000_0003_0000_0011, 3));
+        assert_eq!(Access::Read(&mut [0u8; 2]).len(), 2);
         let regs = kvm_regs {
             rcx: 0x99,
             rdx: 0x1000,
@@ -644,6 +678,12 @@ mod tests {
         for (exit, want) in &cases {
             assert_eq!(exit.whv_exit_reason(), *want, "{exit:?}");
         }
+        // Every variant has a name of its own, the variant's.
+        let mut names: Vec<&str> = cases.iter().map(|(e, _)| e.name()).collect();
+        assert!(format!("{:?}", cases[0].0).starts_with(names[0]));
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), cases.len());
     }
 }
 

@@ -82,17 +82,11 @@ impl Caller {
         target_vtl: Vtl,
         exists: impl FnOnce(VpIndex) -> bool,
     ) -> HvResult<VpIndex> {
-        self.partition(partition_id)?;
-        let target = self.vp(vp_index);
-        if !exists(target) {
-            return Err(HvError::INVALID_VP_INDEX);
-        }
+        let target = self.existing_vp(partition_id, vp_index, exists)?;
         if target == self.vp {
             return Err(HvError::INVALID_PARAMETER);
         }
-        if target_vtl > self.vtl {
-            return Err(HvError::ACCESS_DENIED);
-        }
+        self.vtl_at_most_own(target_vtl)?;
         Ok(target)
     }
 
@@ -106,15 +100,34 @@ impl Caller {
         target_vtl: Vtl,
         exists: impl FnOnce(VpIndex) -> bool,
     ) -> HvResult<VpIndex> {
+        let target = self.existing_vp(partition_id, vp_index, exists)?;
+        self.vtl_at_most_own(target_vtl)?;
+        Ok(target)
+    }
+
+    /// The partition, then the VP (`HV_STATUS_INVALID_VP_INDEX` unless `exists`).
+    fn existing_vp(
+        &self,
+        partition_id: PartitionId,
+        vp_index: VpIndex,
+        exists: impl FnOnce(VpIndex) -> bool,
+    ) -> HvResult<VpIndex> {
         self.partition(partition_id)?;
         let target = self.vp(vp_index);
-        if !exists(target) {
-            return Err(HvError::INVALID_VP_INDEX);
+        if exists(target) {
+            Ok(target)
+        } else {
+            Err(HvError::INVALID_VP_INDEX)
         }
-        if target_vtl > self.vtl {
-            return Err(HvError::ACCESS_DENIED);
+    }
+
+    /// A target VTL above the caller's is `HV_STATUS_ACCESS_DENIED`.
+    fn vtl_at_most_own(&self, vtl: Vtl) -> HvResult<()> {
+        if vtl > self.vtl {
+            Err(HvError::ACCESS_DENIED)
+        } else {
+            Ok(())
         }
-        Ok(target)
     }
 }
 

@@ -766,3 +766,138 @@ fn a_known_call_with_a_bad_control_word_never_reaches_the_fallback() {
     }
     assert!(vmm.fallback.is_empty());
 }
+
+/// Every call trait, listed with impl_calls!: each handler records its call.
+#[derive(Default)]
+struct Everything(Vec<&'static str>);
+
+impl GetPartitionId for Everything {
+    fn get_partition_id(&mut self) -> HvResult<PartitionId> {
+        self.0.push("GetPartitionId");
+        Ok(PartitionId(1))
+    }
+}
+impl NotifyLongSpinWait for Everything {
+    fn notify_long_spin_wait(&mut self, _: u64) -> HvResult<()> {
+        self.0.push("NotifyLongSpinWait");
+        Ok(())
+    }
+}
+impl GetVpRegisters for Everything {
+    fn get_vp_registers(
+        &mut self,
+        _: PartitionId,
+        _: VpIndex,
+        _: HvInputVtl,
+        _: &[HvRegisterName],
+        _: &mut [HvRegisterValue],
+    ) -> HvRepResult {
+        self.0.push("GetVpRegisters");
+        Ok(())
+    }
+}
+impl SetVpRegisters for Everything {
+    fn set_vp_registers(
+        &mut self,
+        _: PartitionId,
+        _: VpIndex,
+        _: HvInputVtl,
+        _: &[(HvRegisterName, HvRegisterValue)],
+    ) -> HvRepResult {
+        self.0.push("SetVpRegisters");
+        Ok(())
+    }
+}
+impl EnableVpVtl for Everything {
+    fn enable_vp_vtl(
+        &mut self,
+        _: PartitionId,
+        _: VpIndex,
+        _: Vtl,
+        _: &InitialVpContext,
+    ) -> HvResult<()> {
+        self.0.push("EnableVpVtl");
+        Ok(())
+    }
+}
+impl StartVirtualProcessor for Everything {
+    fn start_virtual_processor(
+        &mut self,
+        _: PartitionId,
+        _: VpIndex,
+        _: Vtl,
+        _: &InitialVpContext,
+    ) -> HvResult<()> {
+        self.0.push("StartVirtualProcessor");
+        Ok(())
+    }
+}
+impl GetVpIndexFromApicId for Everything {
+    fn get_vp_index_from_apic_id(
+        &mut self,
+        _: PartitionId,
+        _: HvInputVtl,
+        _: &[u32],
+        _: &mut [VpIndex],
+    ) -> HvRepResult {
+        self.0.push("GetVpIndexFromApicId");
+        Ok(())
+    }
+}
+impl Fallback for Everything {
+    fn hypercall(&mut self, _: HypercallInput) -> HypercallResult {
+        self.0.push("Fallback");
+        HypercallResult::new(HvStatus::SUCCESS, 0)
+    }
+}
+hv_hypercall::impl_calls!(Everything:
+    GetPartitionId,
+    NotifyLongSpinWait,
+    GetVpRegisters,
+    SetVpRegisters,
+    EnableVpVtl,
+    StartVirtualProcessor,
+    GetVpIndexFromApicId,
+    Fallback,
+);
+
+#[test]
+fn impl_calls_serves_every_listed_call() {
+    // Zeroed, well-formed inputs: every call reaches its own handler.
+    let m = memory(&[(IN, &[0u8; 0x400])]);
+    let mut vmm = Everything::default();
+    for control in [
+        0x46u64,
+        0x08 | (1 << 16),
+        rep(0x50, 1, 0),
+        rep(0x51, 1, 0),
+        0x0F,
+        0x99,
+        rep(0x9A, 1, 0),
+        0x7ABC,
+    ] {
+        let r = dispatch(
+            &m,
+            HypercallInput {
+                control: HypercallControl(control),
+                input: IN,
+                output: OUT,
+            },
+            &mut vmm,
+        );
+        assert_eq!(r.status(), HvStatus::SUCCESS, "{control:#x}");
+    }
+    assert_eq!(
+        vmm.0,
+        [
+            "GetPartitionId",
+            "NotifyLongSpinWait",
+            "GetVpRegisters",
+            "SetVpRegisters",
+            "EnableVpVtl",
+            "StartVirtualProcessor",
+            "GetVpIndexFromApicId",
+            "Fallback",
+        ]
+    );
+}

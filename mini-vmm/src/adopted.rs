@@ -15,11 +15,9 @@ use hv_defs::{VpIndex, Vtl};
 use hv_partition::hyperv::HYPERCALL_PORT;
 use hv_partition::{Handled, HyperVConfig, Partition, PartitionConfig, PartitionOptions};
 use hv_partition::{VmParts, Vp};
-use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::Kvm;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
-use crate::{bsp_code, collect, context, setup_memory, stack, Report};
+use crate::{bsp_code, collect, context, setup_memory, stack, vm_with_ram, Report};
 use crate::{BSP_CODE, RAM, TRAMPOLINE};
 
 /// HV_X64_MSR_GUEST_OS_ID and HV_X64_MSR_HYPERCALL.
@@ -40,25 +38,8 @@ fn wrmsr(msr: u32, value: u64) -> Vec<u8> {
 
 /// Runs the guest of `n` VPs with the partition adopted; the lines to print.
 pub fn run(n: u32) -> Result<Vec<String>, String> {
-    let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
-    let vm = Arc::new(kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?);
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)])
-        .map_err(|e| e.to_string())?;
-    let host = mem
-        .get_host_address(GuestAddress(0))
-        .map_err(|e| e.to_string())?;
-    // SAFETY: the region is mapped for RAM bytes at `host`; the partition keeps
-    // `mem` (a clone of the same mapping) for as long as the VM exists.
-    unsafe {
-        vm.set_user_memory_region(kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: RAM,
-            userspace_addr: host as u64,
-        })
-    }
-    .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
+    let (kvm, vm, mem) = vm_with_ram()?;
+    let vm = Arc::new(vm);
     vm.create_irq_chip()
         .map_err(|e| format!("KVM_CREATE_IRQCHIP: {e}"))?;
     setup_memory(&mem, n)?;
@@ -92,6 +73,9 @@ pub fn run(n: u32) -> Result<Vec<String>, String> {
         },
     )
     .map_err(|e| e.to_string())?;
+    // The BSP runs while the others are still being adopted: a start naming
+    // one of them waits for it instead of failing with INVALID_VP_INDEX.
+    p.expect_vps(n);
     let (tx, rx) = mpsc::channel();
     let mut threads = vec![];
     for i in 0..n {

@@ -256,7 +256,8 @@ fn vp_thread(
     }
 }
 
-fn run(n: u32) -> Result<Vec<String>, String> {
+/// `/dev/kvm`, a VM, and `RAM` bytes of guest memory registered as slot 0.
+fn vm_with_ram() -> Result<(Kvm, kvm_ioctls::VmFd, GuestMemoryMmap), String> {
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)])
@@ -264,8 +265,8 @@ fn run(n: u32) -> Result<Vec<String>, String> {
     let host = mem
         .get_host_address(GuestAddress(0))
         .map_err(|e| e.to_string())?;
-    // SAFETY: the region is mapped for RAM bytes at `host` and `mem` outlives
-    // the VM (both live until this function returns, the VM fd dropped first).
+    // SAFETY: the region is mapped for RAM bytes at `host`, and the callers keep
+    // `mem` (or a clone of the same mapping) for as long as the VM exists.
     unsafe {
         vm.set_user_memory_region(kvm_userspace_memory_region {
             slot: 0,
@@ -276,6 +277,11 @@ fn run(n: u32) -> Result<Vec<String>, String> {
         })
     }
     .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))?;
+    Ok((kvm, vm, mem))
+}
+
+fn run(n: u32) -> Result<Vec<String>, String> {
+    let (kvm, vm, mem) = vm_with_ram()?;
     // KVM's in-kernel irqchip, as most VMMs have: every vCPU but the first is
     // then created UNINITIALIZED (waiting for INIT/SIPI), and a start must
     // make it runnable (hv_regs::load_context does).

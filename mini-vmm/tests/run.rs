@@ -55,3 +55,17 @@ fn the_same_guest_runs_with_hv_partition_adopted_by_the_vmm() {
         );
     }
 }
+
+#[test]
+fn bad_arguments_are_one_usage_line_and_status_2() {
+    for args in [&["--vcpus", "1"][..], &["--vcpus"], &["--bogus"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hvkvm-mini-vmm"))
+            .args(args)
+            .output()
+            .expect("run mini-vmm");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.starts_with("usage: mini-vmm"), "{stderr}");
+    }
+}

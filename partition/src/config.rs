@@ -138,3 +138,16 @@ pub struct VmParts {
     /// the highest of `ram_slots`.
     pub overlay_slots: Option<[u32; 2]>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kicks_show_their_kind() {
+        assert_eq!(format!("{:?}", Kick::Signal(40)), "Kick::Signal(40)");
+        let cb = Kick::Callback(Arc::new(|_| {}));
+        assert_eq!(format!("{cb:?}"), "Kick::Callback(..)");
+        assert!(matches!(Kick::default(), Kick::Signal(n) if n == SIGRTMIN() + 2));
+    }
+}

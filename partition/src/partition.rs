@@ -172,12 +172,20 @@ impl Partition {
     /// use hv_partition::{HyperVConfig, Kick, Partition, PartitionConfig, PartitionOptions, VmParts};
     /// use vm_memory::{GuestAddress, GuestMemoryMmap};
     ///
-    /// let kvm = kvm_ioctls::Kvm::new().unwrap();
-    /// let vm = kvm.create_vm().unwrap();
+    /// use std::sync::Arc;
+    ///
+    /// let kvm = Arc::new(kvm_ioctls::Kvm::new().unwrap());
+    /// let vm = Arc::new(kvm.create_vm().unwrap());
     /// let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
     /// // ... the VMM registers `memory` as slot 0, creates its irqchip ...
     /// let p = Partition::adopt(
-    ///     VmParts { kvm, vm, memory, ram_slots: vec![0] },
+    ///     VmParts {
+    ///         kvm,
+    ///         vm: vm.clone(), // the VMM keeps its own reference
+    ///         memory,
+    ///         ram_slots: vec![0],
+    ///         overlay_slots: Some([1, 2]),
+    ///     },
     ///     PartitionConfig {
     ///         max_vps: 2,
     ///         memory: vec![(0, 64 << 20)],

@@ -17,8 +17,7 @@ use hv_partition::hyperv::HYPERCALL_PORT;
 use hv_partition::{
     Handled, HyperVConfig, Kick, Partition, PartitionConfig, PartitionOptions, VmParts,
 };
-use kvm_bindings::kvm_userspace_memory_region;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// An MSR only this VMM serves; its filter range is merged with the partition's.
 const VMM_MSR: u32 = 0x4B56_4D50;
@@ -28,21 +27,7 @@ extern "C" fn on_sigusr1(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void) 
 #[test]
 fn a_vmm_with_its_own_vm_vcpu_and_run_loop() {
     let kvm = kvm_ioctls::Kvm::new().expect("the partition tests need /dev/kvm");
-    let vm = kvm.create_vm().unwrap();
-    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
-    let host = memory.get_host_address(GuestAddress(0)).unwrap();
-    // SAFETY: the region is mapped for RAM bytes at `host`; the partition keeps
-    // `memory` for as long as the VM exists.
-    unsafe {
-        vm.set_user_memory_region(kvm_userspace_memory_region {
-            slot: 5,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: RAM,
-            userspace_addr: host as u64,
-        })
-    }
-    .unwrap();
+    let (vm, memory) = vm_with_ram(&kvm, 5);
     vm.create_irq_chip().unwrap();
     write_tables(&memory);
 

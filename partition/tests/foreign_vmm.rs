@@ -20,8 +20,7 @@ use hv_defs::{PartitionId, StartVirtualProcessorInput, Vtl};
 use hv_partition::hyperv::HYPERCALL_PORT;
 use hv_partition::{Handled, HyperVConfig, Partition, PartitionConfig, PartitionOptions};
 use hv_partition::{Kick, VmParts, Vp};
-use kvm_bindings::kvm_userspace_memory_region;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use zerocopy::IntoBytes;
 
 /// Where the guest moves its hypercall page to.
@@ -125,21 +124,8 @@ fn vmm_loop(
 #[test]
 fn an_outside_vmm_with_its_own_loops_and_the_default_kick() {
     let kvm = kvm_ioctls::Kvm::new().expect("the partition tests need /dev/kvm");
-    let vm = Arc::new(kvm.create_vm().unwrap());
-    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
-    let host = memory.get_host_address(GuestAddress(0)).unwrap();
-    // SAFETY: the region is mapped for RAM bytes at `host`; the partition keeps
-    // `memory` for as long as the VM exists.
-    unsafe {
-        vm.set_user_memory_region(kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: RAM,
-            userspace_addr: host as u64,
-        })
-    }
-    .unwrap();
+    let (vm, memory) = vm_with_ram(&kvm, 0);
+    let vm = Arc::new(vm);
     vm.create_irq_chip().unwrap();
     write_tables(&memory);
     // The VMM has its own handler for the signal the default kick uses.

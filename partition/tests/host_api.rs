@@ -511,22 +511,7 @@ fn a_started_vp_reads_its_context_before_and_after_it_runs() {
 fn an_adopted_partition_checks_starts_outside_the_vmms_vm() {
     use hv_partition::VmParts;
     let kvm = kvm_ioctls::Kvm::new().expect("the partition tests need /dev/kvm");
-    let vm = kvm.create_vm().unwrap();
-    let memory =
-        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
-    let host = vm_memory::GuestMemoryBackend::get_host_address(&memory, GuestAddress(0)).unwrap();
-    // SAFETY: the region is mapped for RAM bytes at `host`; the partition keeps
-    // `memory` for as long as the VM exists.
-    unsafe {
-        vm.set_user_memory_region(kvm_bindings::kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: RAM,
-            userspace_addr: host as u64,
-        })
-    }
-    .unwrap();
+    let (vm, memory) = vm_with_ram(&kvm, 0);
     let p = Partition::adopt(
         VmParts {
             kvm: Arc::new(kvm),
@@ -588,22 +573,7 @@ fn the_start_check_uses_the_cpuid_the_vmm_set() {
         "this test needs a MAXPHYADDR above 40 ({host_bits})"
     );
     leaf.eax = (leaf.eax & !0xFF) | 36;
-    let vm = kvm.create_vm().unwrap();
-    let memory =
-        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
-    let host = vm_memory::GuestMemoryBackend::get_host_address(&memory, GuestAddress(0)).unwrap();
-    // SAFETY: the region is mapped for RAM bytes at `host`; the partition keeps
-    // `memory` for as long as the VM exists.
-    unsafe {
-        vm.set_user_memory_region(kvm_bindings::kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: RAM,
-            userspace_addr: host as u64,
-        })
-    }
-    .unwrap();
+    let (vm, memory) = vm_with_ram(&kvm, 0);
     let p = Partition::adopt(
         VmParts {
             kvm: Arc::new(kvm),

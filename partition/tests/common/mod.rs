@@ -279,3 +279,29 @@ impl Asm {
         self
     }
 }
+
+/// A VM of the test's own (as a VMM outside the crate makes it) with `RAM`
+/// bytes of guest memory registered as memory slot `slot`.
+pub fn vm_with_ram(
+    kvm: &kvm_ioctls::Kvm,
+    slot: u32,
+) -> (kvm_ioctls::VmFd, vm_memory::GuestMemoryMmap) {
+    use vm_memory::GuestMemoryBackend;
+    let vm = kvm.create_vm().expect("KVM_CREATE_VM");
+    let memory =
+        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
+    let host = memory.get_host_address(GuestAddress(0)).unwrap();
+    // SAFETY: the region is mapped for RAM bytes at `host`; the caller keeps
+    // `memory` (and hands it to the partition) for as long as the VM exists.
+    unsafe {
+        vm.set_user_memory_region(kvm_bindings::kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: RAM,
+            userspace_addr: host as u64,
+        })
+    }
+    .expect("KVM_SET_USER_MEMORY_REGION");
+    (vm, memory)
+}
