@@ -57,8 +57,8 @@ impl GuestCalls<'_> {
     }
 
     /// The VP a guest names: HV_VP_INDEX_SELF or an existing VP.
-    fn target(&self, index: VpIndex) -> HvResult<Arc<VpShared>> {
-        let index = self.caller().vp(index);
+    fn target(&self, caller: &Caller, index: VpIndex) -> HvResult<Arc<VpShared>> {
+        let index = caller.vp(index);
         if index == self.0.index() {
             return Ok(self.0.shared().clone());
         }
@@ -71,8 +71,7 @@ impl GuestCalls<'_> {
     /// An input VTL selector against the caller's VTL ([`Caller::input_vtl`]):
     /// only the caller's own VTL is served; a lower one is `INVALID_VTL_STATE`
     /// (this partition keeps one register set per VP; see [`crate::choices`]).
-    fn check_input_vtl(&self, sel: HvInputVtl) -> HvResult<()> {
-        let caller = self.caller();
+    fn check_input_vtl(caller: &Caller, sel: HvInputVtl) -> HvResult<()> {
         if caller.input_vtl(sel)? == caller.vtl {
             Ok(())
         } else {
@@ -87,9 +86,10 @@ impl GuestCalls<'_> {
         vp_index: VpIndex,
         input_vtl: HvInputVtl,
     ) -> HvResult<Arc<VpShared>> {
-        self.caller().partition(partition_id)?;
-        let target = self.target(vp_index)?;
-        self.check_input_vtl(input_vtl)?;
+        let caller = self.caller();
+        caller.partition(partition_id)?;
+        let target = self.target(&caller, vp_index)?;
+        Self::check_input_vtl(&caller, input_vtl)?;
         Ok(target)
     }
 }
@@ -164,12 +164,13 @@ impl EnableVpVtl for GuestCalls<'_> {
         target_vtl: Vtl,
         context: &InitialVpContext,
     ) -> HvResult<()> {
-        let index = self
-            .caller()
-            .enable_vtl_target(partition_id, vp_index, target_vtl, |i| {
-                self.target(i).is_ok()
-            })?;
-        let target = self.target(index)?;
+        let caller = self.caller();
+        let mut found = None;
+        caller.enable_vtl_target(partition_id, vp_index, target_vtl, |i| {
+            found = self.target(&caller, i).ok();
+            found.is_some()
+        })?;
+        let target = found.ok_or(HvError::INVALID_VP_INDEX)?;
         let mut g = target.lock();
         let enabled = g.state.enable_vtl(target_vtl)?;
         hv_regs::context_to_kvm(context, &Default::default()).map_err(hv_regs::context_status)?;
@@ -189,12 +190,13 @@ impl StartVirtualProcessor for GuestCalls<'_> {
         target_vtl: Vtl,
         context: &InitialVpContext,
     ) -> HvResult<()> {
-        let index = self
-            .caller()
-            .start_target(partition_id, vp_index, target_vtl, |i| {
-                self.target(i).is_ok()
-            })?;
-        let target = self.target(index)?;
+        let caller = self.caller();
+        let mut found = None;
+        caller.start_target(partition_id, vp_index, target_vtl, |i| {
+            found = self.target(&caller, i).ok();
+            found.is_some()
+        })?;
+        let target = found.ok_or(HvError::INVALID_VP_INDEX)?;
         start_vp(self.0.partition(), &target, target_vtl, context).map_err(|e| e.status())?;
         self.0.partition().started(target.index, target_vtl);
         Ok(())
@@ -209,8 +211,9 @@ impl GetVpIndexFromApicId for GuestCalls<'_> {
         apic_ids: &[u32],
         vp_indexes: &mut [VpIndex],
     ) -> HvRepResult {
-        self.caller().partition(partition_id).map_err(|e| (e, 0))?;
-        self.check_input_vtl(target_vtl).map_err(|e| (e, 0))?;
+        let caller = self.caller();
+        caller.partition(partition_id).map_err(|e| (e, 0))?;
+        Self::check_input_vtl(&caller, target_vtl).map_err(|e| (e, 0))?;
         for (i, (&apic_id, out)) in apic_ids.iter().zip(vp_indexes.iter_mut()).enumerate() {
             *out = self
                 .0
