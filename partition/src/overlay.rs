@@ -70,6 +70,11 @@ impl Overlay {
         })
     }
 
+    /// The two slots the overlay uses (the page's, the RAM above it).
+    pub fn slots(&self) -> [u32; 2] {
+        [self.overlay_slot, self.upper_slot]
+    }
+
     /// The GPA of the page, if mapped.
     pub fn at(&self) -> Option<u64> {
         self.at

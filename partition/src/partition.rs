@@ -256,12 +256,6 @@ impl Partition {
         if options.create_irqchip {
             vm.create_irq_chip()
                 .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-            if let Some(cpuid) = &supported_cpuid {
-                // The partition's own VM: its slot numbers are the partition's
-                // (RAM, then the overlay's two), so the next one is free.
-                let slot = ram.iter().map(|r| r.slot + 3).max().unwrap_or(2);
-                crate::settle::settle_in_background(vm.clone(), slot, gpa_limit_of(cpuid));
-            }
         }
         if options.msr_exits {
             // Unknown MSRs (and the filtered ranges) exit to user space instead of
@@ -318,6 +312,12 @@ impl Partition {
         let overlay = Overlay::new(&hyperv::HYPERCALL_PAGE, ram, overlay_slots)
             .map_err(PartitionError::Overlay)?;
         let gpa_limit = gpa_limit_of(&supported_cpuid);
+        if own_vm && options.create_irqchip {
+            // The partition's own VM: its slots are the RAM's and the overlay's,
+            // so the one above the overlay's is free.
+            let slot = overlay.slots().into_iter().max().unwrap_or(0) + 1;
+            crate::settle::settle_in_background(vm.clone(), slot, gpa_limit);
+        }
         Ok(Arc::new(Partition {
             kvm,
             vm,

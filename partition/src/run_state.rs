@@ -132,15 +132,12 @@ impl<I: Runnable, K: Interrupter> RunGate<I, K> {
     /// The VP's thread is out of `KVM_RUN`: the mark and `immediate_exit` are
     /// cleared, [`Runnable::on_leave`] runs, and waiting kickers wake.
     pub fn leave(&self) {
-        let mut g = self.lock();
-        let waiters = self.leave_locked(&mut g);
-        drop(g);
-        if waiters {
-            self.wake.notify_all();
-        }
+        self.leave_and_notify(self.lock());
     }
 
-    fn leave_locked(&self, g: &mut I) -> bool {
+    /// Marks the thread out under `g`, releases the lock, and wakes waiting
+    /// kickers if there are any.
+    fn leave_and_notify(&self, mut g: MutexGuard<'_, I>) {
         let r = g.run_state();
         let was_in = r.in_kvm.take().is_some();
         let waiters = r.waiters > 0;
@@ -149,7 +146,10 @@ impl<I: Runnable, K: Interrupter> RunGate<I, K> {
         if was_in {
             g.on_leave();
         }
-        waiters
+        drop(g);
+        if waiters {
+            self.wake.notify_all();
+        }
     }
 
     /// If the calling thread is the one marked in `KVM_RUN` (an own loop that
@@ -160,11 +160,7 @@ impl<I: Runnable, K: Interrupter> RunGate<I, K> {
         if g.run_state().in_kvm != Some(self.interrupter.current_thread()) {
             return false;
         }
-        let waiters = self.leave_locked(&mut g);
-        drop(g);
-        if waiters {
-            self.wake.notify_all();
-        }
+        self.leave_and_notify(g);
         true
     }
 
