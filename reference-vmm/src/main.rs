@@ -334,7 +334,11 @@ fn run(args: Args) -> Result<i32, VmmError> {
         max_vps: args.vcpus,
         memory: layout::ram_ranges(args.memory),
         hyperv,
-        cpuid_masks: if pvm { pvm::pvm_cpuid_masks() } else { vec![] },
+        cpuid_masks: if pvm {
+            pvm::pvm_cpuid_masks(hyperv.is_some())
+        } else {
+            vec![]
+        },
     })?;
     let mem = partition.memory().clone();
     let t = timeline.clone();

@@ -13,8 +13,13 @@ pub const PVM_CMDLINE: &str =
 /// KVM paravirtual features (CPUID 0x40000001 EAX) that work by hypercall
 /// (PV_UNHALT bit 7, PV_SEND_IPI bit 11, PV_SCHED_YIELD bit 13). Under PVM, KVM
 /// rewrites the guest's VMMCALL in place, which faults once the kernel text is
-/// read-only; hidden on such a host only.
-pub fn pvm_cpuid_masks() -> Vec<hv_partition::CpuidMask> {
+/// read-only; hidden on such a host only. With `hyperv` the partition presents
+/// the Hyper-V leaves instead of KVM's, and 0x40000001 is the interface
+/// signature ("Hv#1"): nothing of KVM's is there to hide.
+pub fn pvm_cpuid_masks(hyperv: bool) -> Vec<hv_partition::CpuidMask> {
+    if hyperv {
+        return vec![];
+    }
     vec![hv_partition::CpuidMask {
         function: 0x4000_0001,
         index: 0,

@@ -98,6 +98,17 @@ hvkvm_smp_guest_start:
     call 52f
     cmp r14b, 0x68
     jne 3f
+    // The Hyper-V interface signature (CPUID 0x40000001 EAX), printed.
+    mov eax, 0x40000001
+    cpuid
+    mov ebp, eax
+    lea rsi, [rip + 36f]
+    call 50f
+    mov edi, ebp
+    mov esi, 8
+    call 51f
+    mov al, 10
+    call 52f
     // Hypercalls: a guest OS id, the hypercall page at 0x12000, and the start
     // context completed with the AP entry, this CR3 and this GDT.
     mov ecx, 0x40000000
@@ -338,6 +349,7 @@ hvkvm_smp_guest_start:
 32: .asciz "HVKVM-APS "
 33: .asciz "TIMEOUT\n"
 34: .asciz "HVKVM-HCFAIL "
+36: .asciz "HVKVM-SIG "
 35: .ascii "0123456789abcdef"
     .globl hvkvm_smp_guest_end
 hvkvm_smp_guest_end:
@@ -430,6 +442,8 @@ pub struct Report {
     pub total: Option<u64>,
     /// A refused hypercall: (VP, HV_STATUS).
     pub refused: Option<(u32, u16)>,
+    /// `h` only: CPUID 0x40000001 EAX, the interface signature.
+    pub signature: Option<u32>,
 }
 
 /// Parses the guest's serial output.
@@ -438,6 +452,7 @@ pub fn parse(out: &str) -> Report {
         aps: vec![],
         total: None,
         refused: None,
+        signature: None,
     };
     for line in out.lines() {
         let w: Vec<&str> = line.split_whitespace().collect();
@@ -451,6 +466,7 @@ pub fn parse(out: &str) -> Report {
                     });
                 }
             }
+            ["HVKVM-SIG", s] => r.signature = u32::from_str_radix(s, 16).ok(),
             ["HVKVM-APS", t] => r.total = u64::from_str_radix(t, 16).ok(),
             ["HVKVM-HCFAIL", vp, s] => {
                 if let (Ok(vp), Ok(s)) = (u32::from_str_radix(vp, 16), u16::from_str_radix(s, 16)) {
