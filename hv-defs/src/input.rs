@@ -190,6 +190,36 @@ impl GuestInput for EnableVpVtlInput {
     }
 }
 
+/// HvCallEnablePartitionVtl (0x000D) input: 16 bytes.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct EnablePartitionVtlInput {
+    /// Partition @0.
+    pub partition_id: PartitionId,
+    /// VTL to enable @8 (a plain HV_VTL).
+    pub target_vtl: Vtl,
+    /// HV_ENABLE_PARTITION_VTL_FLAGS @9: bit 0 EnableMbec
+    /// ([`EnablePartitionVtlInput::ENABLE_MBEC`]), bits 7:1 reserved.
+    pub flags: u8,
+    /// RsvdZ @10.
+    pub rsvdz: [u8; 6],
+}
+
+impl EnablePartitionVtlInput {
+    /// HV_ENABLE_PARTITION_VTL_FLAGS.EnableMbec.
+    pub const ENABLE_MBEC: u8 = 1;
+}
+
+impl GuestInput for EnablePartitionVtlInput {
+    fn check_reserved(&self) -> Result<(), InputError> {
+        rsvdz(self.rsvdz == [0; 6], "EnablePartitionVtl.RsvdZ")?;
+        rsvdz(
+            self.flags & !Self::ENABLE_MBEC == 0,
+            "EnablePartitionVtl.Flags.Reserved",
+        )
+    }
+}
+
 /// HV_PROXIMITY_DOMAIN_FLAGS: bit 0 proximity preferred, bits 30:1 reserved,
 /// bit 31 proximity info valid.
 #[repr(transparent)]
@@ -386,6 +416,9 @@ crate::assert_layout!(StartVirtualProcessorInput, size 240, align 8, {
 });
 crate::assert_layout!(EnableVpVtlInput, size 240, align 8, {
     partition_id @ 0, vp_index @ 8, target_vtl @ 12, rsvdz @ 13, vp_vtl_context @ 16,
+});
+crate::assert_layout!(EnablePartitionVtlInput, size 16, align 8, {
+    partition_id @ 0, target_vtl @ 8, flags @ 9, rsvdz @ 10,
 });
 crate::assert_layout!(ProximityDomainInfo, size 8, align 4, { domain_id @ 0, flags @ 4 });
 crate::assert_layout!(CreateVpInput, size 32, align 8, {

@@ -71,16 +71,17 @@ mod input;
 mod regname;
 mod status;
 pub mod synthetic;
+pub mod vsm;
 mod x64;
 
 pub use exit::WhvRunVpExitReason;
 pub use hypercall::{CallKind, HypercallCode, HypercallControl, HypercallResult};
 pub use ids::{HvInputVtl, PartitionId, VpIndex, Vtl};
 pub use input::{
-    check_parameter_block, ApicIdElement, CreateVpInput, EnableVpVtlInput, GetPartitionIdOutput,
-    GetVpIndexFromApicIdHeader, GetVpRegistersElement, GuestInput, InputError,
-    ProximityDomainFlags, ProximityDomainInfo, SetVpRegistersElement, StartVirtualProcessorInput,
-    VpIndexElement, VpRegistersHeader, HV_CALL_ALIGNMENT, HV_PAGE_SIZE,
+    check_parameter_block, ApicIdElement, CreateVpInput, EnablePartitionVtlInput, EnableVpVtlInput,
+    GetPartitionIdOutput, GetVpIndexFromApicIdHeader, GetVpRegistersElement, GuestInput,
+    InputError, ProximityDomainFlags, ProximityDomainInfo, SetVpRegistersElement,
+    StartVirtualProcessorInput, VpIndexElement, VpRegistersHeader, HV_CALL_ALIGNMENT, HV_PAGE_SIZE,
 };
 pub use regname::HvRegisterName;
 pub use status::{HvError, HvResult, HvStatus};

@@ -128,8 +128,16 @@ crate::open_enum! {
         TSC_AUX = 0x0008_007B,
         /// HvRegisterVpIndex (read-only).
         VP_INDEX = 0x0009_0003,
+        /// HvRegisterVsmCodePageOffsets (read-only): where the VTL call and
+        /// return sequences are in the hypercall page.
+        VSM_CODE_PAGE_OFFSETS = 0x000D_0002,
         /// HvRegisterVsmVpStatus (read-only): active VTL and enabled-VTL set.
         VSM_VP_STATUS = 0x000D_0003,
+        /// HvRegisterVsmPartitionStatus (read-only): enabled-VTL set and
+        /// maximum VTL of the partition.
+        VSM_PARTITION_STATUS = 0x000D_0004,
+        /// HvRegisterVsmCapabilities (read-only).
+        VSM_CAPABILITIES = 0x000D_0006,
     }
 }
 
@@ -146,6 +154,10 @@ mod tests {
         }
         // TLFS HV_REGISTER_NAME values the VTL2 boot path relies on.
         assert_eq!(HvRegisterName::VSM_VP_STATUS.0, 0x000D_0003);
+        // TLFS "Virtual Secure Mode", VSM registers.
+        assert_eq!(HvRegisterName::VSM_CODE_PAGE_OFFSETS.0, 0x000D_0002);
+        assert_eq!(HvRegisterName::VSM_PARTITION_STATUS.0, 0x000D_0004);
+        assert_eq!(HvRegisterName::VSM_CAPABILITIES.0, 0x000D_0006);
         assert_eq!(HvRegisterName::VP_INDEX.0, 0x0009_0003);
         assert_eq!(HvRegisterName::RIP.0, 0x0002_0010);
         assert_eq!(HvRegisterName(0x0002_0099).name(), None);

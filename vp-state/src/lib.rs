@@ -266,6 +266,45 @@ impl VpState {
         }
     }
 
+    /// The VTL a VTL call from the active VTL enters: the next higher VTL
+    /// enabled on the VP (TLFS HvCallVtlCall), `None` if there is none (the
+    /// call is then #UD).
+    pub const fn vtl_call_target(&self) -> Option<Vtl> {
+        let mut v = self.active_vtl.0 + 1;
+        while v <= Vtl::MAX_X64.0 {
+            if self.vtl_enabled(Vtl(v)) {
+                return Some(Vtl(v));
+            }
+            v += 1;
+        }
+        None
+    }
+
+    /// The VTL a VTL return from the active VTL enters: the highest VTL below
+    /// it enabled on the VP, `None` from VTL 0 (the return is then #UD).
+    pub const fn vtl_return_target(&self) -> Option<Vtl> {
+        let mut v = self.active_vtl.0;
+        while v > 0 {
+            v -= 1;
+            if self.vtl_enabled(Vtl(v)) {
+                return Some(Vtl(v));
+            }
+        }
+        None
+    }
+
+    /// The VP switches to `vtl` (a VTL call or return, or a start in that
+    /// VTL): `HV_STATUS_INVALID_VP_STATE` unless `vtl` is enabled on it.
+    pub const fn switch_vtl(self, vtl: Vtl) -> HvResult<Self> {
+        if !self.vtl_enabled(vtl) {
+            return Err(HvError::INVALID_VP_STATE);
+        }
+        Ok(VpState {
+            active_vtl: vtl,
+            ..self
+        })
+    }
+
     /// A thread is about to run the VP: `HV_STATUS_INVALID_VP_STATE` if it is
     /// suspended or already being run. A VP waiting for SIPI may be run: the
     /// hypervisor (KVM) holds it until a SIPI arrives.

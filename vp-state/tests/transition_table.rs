@@ -227,3 +227,26 @@ fn vtls_above_2_do_not_exist_on_x64() {
     let bsp = VpState::new(VpIndex(0), Vtl::VTL2).unwrap();
     assert!(!bsp.vtl_enabled(Vtl(16)) && !bsp.vtl_enabled(Vtl(18)));
 }
+
+/// TLFS HvCallVtlCall ("switches into the next highest VTL enabled on the
+/// VP") and HvCallVtlReturn (to the lower VTL; none from VTL 0).
+#[test]
+fn vtl_call_and_return_targets() {
+    let s = VpState::new(VpIndex::BSP, Vtl::VTL0).unwrap();
+    assert_eq!(s.vtl_call_target(), None);
+    assert_eq!(s.vtl_return_target(), None);
+    assert_eq!(s.switch_vtl(Vtl::VTL1), Err(HvError::INVALID_VP_STATE));
+    let s = s.enable_vtl(Vtl::VTL2).unwrap();
+    assert_eq!(s.vtl_call_target(), Some(Vtl::VTL2));
+    let s = s.enable_vtl(Vtl::VTL1).unwrap();
+    assert_eq!(s.vtl_call_target(), Some(Vtl::VTL1));
+    let s1 = s.switch_vtl(Vtl::VTL1).unwrap();
+    assert_eq!(s1.active_vtl(), Vtl::VTL1);
+    assert_eq!(s1.vtl_call_target(), Some(Vtl::VTL2));
+    assert_eq!(s1.vtl_return_target(), Some(Vtl::VTL0));
+    let s2 = s1.switch_vtl(Vtl::VTL2).unwrap();
+    assert_eq!(s2.vtl_call_target(), None);
+    assert_eq!(s2.vtl_return_target(), Some(Vtl::VTL1));
+    // Everything but the active VTL is kept.
+    assert_eq!(s2.switch_vtl(Vtl::VTL0).unwrap(), s);
+}

@@ -1,0 +1,126 @@
+//! Virtual Secure Mode (TLFS "Virtual Secure Mode"): the bit layouts of the
+//! read-only VSM registers and the VTL control area of the VP assist page.
+//!
+//! ```
+//! use hv_defs::vsm::{VsmCodePageOffsets, VsmPartitionStatus};
+//! use hv_defs::Vtl;
+//! let s = VsmPartitionStatus::new(0b11, Vtl::VTL2);
+//! assert_eq!(s.0, 0b11 | (2 << 16));
+//! assert_eq!(s.maximum_vtl(), Vtl::VTL2);
+//! let o = VsmCodePageOffsets::new(0x10, 0x20);
+//! assert_eq!((o.vtl_call(), o.vtl_return()), (0x10, 0x20));
+//! ```
+
+use crate::Vtl;
+
+/// HvRegisterVsmPartitionStatus: bits 15:0 EnabledVtlSet, 19:16 MaximumVtl,
+/// 35:20 MbecEnabledVtlSet, the rest reserved.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VsmPartitionStatus(pub u64);
+
+impl VsmPartitionStatus {
+    /// The status with `enabled` (bit n: VTL n) and `maximum` VTL, no MBEC.
+    pub const fn new(enabled: u16, maximum: Vtl) -> Self {
+        VsmPartitionStatus(enabled as u64 | ((maximum.0 as u64 & 0xF) << 16))
+    }
+    /// EnabledVtlSet.
+    pub const fn enabled_vtls(self) -> u16 {
+        self.0 as u16
+    }
+    /// MaximumVtl.
+    pub const fn maximum_vtl(self) -> Vtl {
+        Vtl(((self.0 >> 16) & 0xF) as u8)
+    }
+}
+
+/// HvRegisterVsmCodePageOffsets: bits 11:0 VtlCallOffset, 23:12
+/// VtlReturnOffset (byte offsets in the hypercall page), the rest reserved.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VsmCodePageOffsets(pub u64);
+
+impl VsmCodePageOffsets {
+    /// The offsets of the VTL call and VTL return sequences.
+    pub const fn new(vtl_call: u16, vtl_return: u16) -> Self {
+        VsmCodePageOffsets((vtl_call as u64 & 0xFFF) | ((vtl_return as u64 & 0xFFF) << 12))
+    }
+    /// VtlCallOffset.
+    pub const fn vtl_call(self) -> u16 {
+        (self.0 & 0xFFF) as u16
+    }
+    /// VtlReturnOffset.
+    pub const fn vtl_return(self) -> u16 {
+        ((self.0 >> 12) & 0xFFF) as u16
+    }
+}
+
+/// HvRegisterVsmCapabilities, in the layout Linux (`union
+/// hv_register_vsm_capabilities`) and guests use: bit 0 Dr6Shared, 16:1
+/// MbecVtlMask, 17 DenyLowerVtlStartup, ..., 27 InterceptPageAvailable, 28
+/// ReturnActionAvailable. (The TLFS page's table puts Dr6Shared at bit 63;
+/// the guests that read the register follow the layout here.)
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VsmCapabilities(pub u64);
+
+impl VsmCapabilities {
+    /// Dr6Shared: DR6 is shared between VTLs.
+    pub const DR6_SHARED: u64 = 1;
+    /// MbecVtlMask (bits 16:1): the VTLs that may enable MBEC.
+    pub const MBEC_VTL_MASK: u64 = 0xFFFF << 1;
+    /// DenyLowerVtlStartup.
+    pub const DENY_LOWER_VTL_STARTUP: u64 = 1 << 17;
+    /// InterceptPageAvailable.
+    pub const INTERCEPT_PAGE_AVAILABLE: u64 = 1 << 27;
+    /// ReturnActionAvailable.
+    pub const RETURN_ACTION_AVAILABLE: u64 = 1 << 28;
+}
+
+/// HV_VTL_ENTRY_REASON: why a higher VTL was entered, in its VP assist page's
+/// VTL control area.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum VtlEntryReason {
+    /// A lower VTL made a VTL call (HvCallVtlCall).
+    VtlCall = 1,
+    /// An interrupt for the higher VTL.
+    Interrupt = 2,
+    /// An intercept, delivered through the intercept page.
+    Intercept = 3,
+}
+
+/// Byte offsets in the VP assist page (HV_VP_ASSIST_PAGE) of a VTL above 0:
+/// its HV_VP_VTL_CONTROL area.
+pub mod assist {
+    /// VtlEntryReason (u32).
+    pub const ENTRY_REASON: u64 = 8;
+    /// VinaStatus (bit 0 VinaAsserted).
+    pub const VINA_STATUS: u64 = 12;
+    /// VtlReturnX64Rax: RAX of the lower VTL after a non-fast VTL return.
+    pub const VTL_RETURN_X64_RAX: u64 = 16;
+    /// VtlReturnX64Rcx: RCX of the lower VTL after a non-fast VTL return.
+    pub const VTL_RETURN_X64_RCX: u64 = 24;
+}
+
+/// HvCallVtlReturn's control input (RCX at the VTL return): bit 0 is a fast
+/// return (the lower VTL keeps RAX and RCX), bits 63:1 are reserved.
+pub const VTL_RETURN_FAST: u64 = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TLFS "Virtual Secure Mode": VSM register layouts.
+    #[test]
+    fn register_layouts() {
+        let s = VsmPartitionStatus::new(0b101, Vtl::VTL2);
+        assert_eq!(s.enabled_vtls(), 0b101);
+        assert_eq!(s.maximum_vtl(), Vtl::VTL2);
+        assert_eq!(s.0 >> 20, 0, "no MBEC-enabled VTLs");
+        let o = VsmCodePageOffsets::new(0xABC, 0x123);
+        assert_eq!(o.0, 0x123ABC);
+        assert_eq!(VsmCodePageOffsets::new(0x1FFF, 0).vtl_call(), 0xFFF);
+        assert_eq!(VsmCapabilities::MBEC_VTL_MASK, 0x1FFFE);
+        assert_eq!(VtlEntryReason::VtlCall as u32, 1);
+        assert_eq!(VtlEntryReason::Intercept as u32, 3);
+        assert_eq!(assist::VTL_RETURN_X64_RCX, 24);
+    }
+}
