@@ -91,18 +91,54 @@ impl Caller {
     }
 
     /// The checks of HvCallEnableVpVtl before the target's state: the partition,
-    /// the VP exists (`exists`) or `HV_STATUS_INVALID_VP_INDEX`, and a VTL above
-    /// the caller's is `HV_STATUS_ACCESS_DENIED`. Returns the target VP.
+    /// the VP exists (`exists`) or `HV_STATUS_INVALID_VP_INDEX`, the VTL is
+    /// enabled for the partition (`partition_vtls`, bit n for VTL n) or
+    /// `HV_STATUS_INVALID_PARAMETER`, and a VTL above the caller's only from the
+    /// highest VTL enabled for the partition below it (TLFS HvCallEnableVpVtl,
+    /// "Restrictions"), else `HV_STATUS_ACCESS_DENIED`. Returns the target VP.
     pub fn enable_vtl_target(
         &self,
         partition_id: PartitionId,
         vp_index: VpIndex,
         target_vtl: Vtl,
+        partition_vtls: u16,
         exists: impl FnOnce(VpIndex) -> bool,
     ) -> HvResult<VpIndex> {
         let target = self.existing_vp(partition_id, vp_index, exists)?;
-        self.vtl_at_most_own(target_vtl)?;
+        if target_vtl > Vtl::MAX_X64 || partition_vtls & (1 << target_vtl.0) == 0 {
+            return Err(HvError::INVALID_PARAMETER);
+        }
+        if target_vtl > self.vtl && highest_below(partition_vtls, target_vtl) != Some(self.vtl) {
+            return Err(HvError::ACCESS_DENIED);
+        }
         Ok(target)
+    }
+
+    /// The checks of HvCallEnablePartitionVtl, in this order: the partition
+    /// ([`Self::partition`]); a target VTL above `maximum` is
+    /// `HV_STATUS_INVALID_PARAMETER`; a VTL above the caller's may be enabled
+    /// only by the highest VTL enabled for the partition below it (TLFS
+    /// HvCallEnablePartitionVtl, "Restrictions"), else
+    /// `HV_STATUS_ACCESS_DENIED`; one already in `enabled` (bit n for VTL n)
+    /// is `HV_STATUS_VTL_ALREADY_ENABLED`.
+    pub fn enable_partition_vtl(
+        &self,
+        partition_id: PartitionId,
+        target_vtl: Vtl,
+        enabled: u16,
+        maximum: Vtl,
+    ) -> HvResult<()> {
+        self.partition(partition_id)?;
+        if target_vtl > maximum || target_vtl > Vtl::MAX_X64 {
+            return Err(HvError::INVALID_PARAMETER);
+        }
+        if target_vtl > self.vtl && highest_below(enabled, target_vtl) != Some(self.vtl) {
+            return Err(HvError::ACCESS_DENIED);
+        }
+        if enabled & (1 << target_vtl.0) != 0 {
+            return Err(HvError::VTL_ALREADY_ENABLED);
+        }
+        Ok(())
     }
 
     /// The partition, then the VP (`HV_STATUS_INVALID_VP_INDEX` unless `exists`).
@@ -131,6 +167,14 @@ impl Caller {
     }
 }
 
+/// The highest VTL in `set` (bit n for VTL n) below `vtl`.
+fn highest_below(set: u16, vtl: Vtl) -> Option<Vtl> {
+    (0..vtl.0.min(16))
+        .rev()
+        .find(|&v| set & (1 << v) != 0)
+        .map(Vtl)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +184,86 @@ mod tests {
         vp: VpIndex(2),
         vtl: Vtl::VTL1,
     };
+
+    /// TLFS HvCallEnablePartitionVtl, "Restrictions": a lower VTL always; a
+    /// higher one only from the highest enabled VTL below it.
+    #[test]
+    fn enable_partition_vtl_rules() {
+        let at = |vtl| Caller { vtl, ..ME };
+        let s = PartitionId::SELF;
+        let v0 = at(Vtl::VTL0);
+        assert_eq!(
+            v0.enable_partition_vtl(s, Vtl::VTL1, 0b1, Vtl::VTL2),
+            Ok(())
+        );
+        assert_eq!(
+            v0.enable_partition_vtl(s, Vtl::VTL2, 0b1, Vtl::VTL2),
+            Ok(())
+        );
+        assert_eq!(
+            v0.enable_partition_vtl(PartitionId(8), Vtl::VTL1, 0b1, Vtl::VTL2),
+            Err(HvError::ACCESS_DENIED)
+        );
+        assert_eq!(
+            v0.enable_partition_vtl(s, Vtl::VTL2, 0b1, Vtl::VTL1),
+            Err(HvError::INVALID_PARAMETER)
+        );
+        assert_eq!(
+            v0.enable_partition_vtl(s, Vtl(16), 0b1, Vtl(15)),
+            Err(HvError::INVALID_PARAMETER)
+        );
+        // VTL1 is enabled: VTL0 is no longer the highest below VTL2.
+        assert_eq!(
+            v0.enable_partition_vtl(s, Vtl::VTL2, 0b11, Vtl::VTL2),
+            Err(HvError::ACCESS_DENIED)
+        );
+        assert_eq!(
+            at(Vtl::VTL1).enable_partition_vtl(s, Vtl::VTL2, 0b11, Vtl::VTL2),
+            Ok(())
+        );
+        assert_eq!(
+            v0.enable_partition_vtl(s, Vtl::VTL1, 0b11, Vtl::VTL2),
+            Err(HvError::VTL_ALREADY_ENABLED)
+        );
+        // A lower VTL, from above.
+        assert_eq!(
+            at(Vtl::VTL2).enable_partition_vtl(s, Vtl::VTL1, 0b101, Vtl::VTL2),
+            Ok(())
+        );
+        assert_eq!(highest_below(0b101, Vtl::VTL2), Some(Vtl::VTL0));
+        assert_eq!(highest_below(0b100, Vtl::VTL2), None);
+    }
+
+    /// TLFS HvCallEnableVpVtl, "Restrictions".
+    #[test]
+    fn enable_vp_vtl_rules() {
+        let at = |vtl| Caller { vtl, ..ME };
+        let all = |_: VpIndex| true;
+        let s = PartitionId::SELF;
+        let v0 = at(Vtl::VTL0);
+        // VTL1 not enabled for the partition.
+        assert_eq!(
+            v0.enable_vtl_target(s, VpIndex::SELF, Vtl::VTL1, 0b1, all),
+            Err(HvError::INVALID_PARAMETER)
+        );
+        assert_eq!(
+            v0.enable_vtl_target(s, VpIndex::SELF, Vtl::VTL1, 0b11, all),
+            Ok(VpIndex(2))
+        );
+        // VTL0 is not the highest enabled VTL below VTL2.
+        assert_eq!(
+            v0.enable_vtl_target(s, VpIndex(1), Vtl::VTL2, 0b111, all),
+            Err(HvError::ACCESS_DENIED)
+        );
+        assert_eq!(
+            at(Vtl::VTL2).enable_vtl_target(s, VpIndex(1), Vtl::VTL2, 0b101, all),
+            Ok(VpIndex(1))
+        );
+        assert_eq!(
+            v0.enable_vtl_target(s, VpIndex(1), Vtl(16), 0xFFFF, all),
+            Err(HvError::INVALID_PARAMETER)
+        );
+    }
 
     #[test]
     fn partition_ids() {
@@ -204,19 +328,20 @@ mod tests {
     fn enable_checks() {
         let all = |_: VpIndex| true;
         assert_eq!(
-            ME.enable_vtl_target(PartitionId(1), VpIndex(2), Vtl::VTL1, all),
+            ME.enable_vtl_target(PartitionId(1), VpIndex(2), Vtl::VTL1, 0b111, all),
             Err(HvError::ACCESS_DENIED)
         );
         assert_eq!(
-            ME.enable_vtl_target(PartitionId::SELF, VpIndex(5), Vtl::VTL1, |_| false),
+            ME.enable_vtl_target(PartitionId::SELF, VpIndex(5), Vtl::VTL1, 0b111, |_| false),
             Err(HvError::INVALID_VP_INDEX)
         );
+        // VTL1 is the highest enabled VTL below VTL2: it may enable VTL2.
         assert_eq!(
-            ME.enable_vtl_target(PartitionId::SELF, VpIndex::SELF, Vtl::VTL2, all),
-            Err(HvError::ACCESS_DENIED)
+            ME.enable_vtl_target(PartitionId::SELF, VpIndex::SELF, Vtl::VTL2, 0b111, all),
+            Ok(VpIndex(2))
         );
         assert_eq!(
-            ME.enable_vtl_target(PartitionId::SELF, VpIndex::SELF, Vtl::VTL1, all),
+            ME.enable_vtl_target(PartitionId::SELF, VpIndex::SELF, Vtl::VTL1, 0b111, all),
             Ok(VpIndex(2))
         );
     }

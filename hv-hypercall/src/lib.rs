@@ -62,11 +62,11 @@
 #![deny(clippy::wildcard_enum_match_arm)]
 
 use hv_defs::{
-    check_parameter_block, ApicIdElement, EnableVpVtlInput, GetVpIndexFromApicIdHeader,
-    GetVpRegistersElement, GuestInput, HvError, HvInputVtl, HvRegisterName, HvRegisterValue,
-    HvResult, HvStatus, HypercallCode, HypercallControl, HypercallResult, InitialVpContext,
-    PartitionId, SetVpRegistersElement, StartVirtualProcessorInput, VpIndex, VpIndexElement,
-    VpRegistersHeader, Vtl,
+    check_parameter_block, ApicIdElement, EnablePartitionVtlInput, EnableVpVtlInput,
+    GetVpIndexFromApicIdHeader, GetVpRegistersElement, GuestInput, HvError, HvInputVtl,
+    HvRegisterName, HvRegisterValue, HvResult, HvStatus, HypercallCode, HypercallControl,
+    HypercallResult, InitialVpContext, PartitionId, SetVpRegistersElement,
+    StartVirtualProcessorInput, VpIndex, VpIndexElement, VpRegistersHeader, Vtl,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use zerocopy::IntoBytes;
@@ -143,6 +143,18 @@ pub trait EnableVpVtl {
     ) -> HvResult<()>;
 }
 
+/// HvCallEnablePartitionVtl.
+pub trait EnablePartitionVtl {
+    /// Enables `target_vtl` for the partition; `flags` is
+    /// HV_ENABLE_PARTITION_VTL_FLAGS (reserved bits already refused).
+    fn enable_partition_vtl(
+        &mut self,
+        partition_id: PartitionId,
+        target_vtl: Vtl,
+        flags: u8,
+    ) -> HvResult<()>;
+}
+
 /// HvCallStartVirtualProcessor.
 pub trait StartVirtualProcessor {
     /// Starts VP `vp_index` at `target_vtl` with `context`.
@@ -196,6 +208,10 @@ pub trait Calls {
     }
     /// HvCallSetVpRegisters (0x0051).
     fn hv_call_set_vp_registers(&mut self) -> Option<&mut dyn SetVpRegisters> {
+        None
+    }
+    /// HvCallEnablePartitionVtl (0x000D).
+    fn hv_call_enable_partition_vtl(&mut self) -> Option<&mut dyn EnablePartitionVtl> {
         None
     }
     /// HvCallEnableVpVtl (0x000F).
@@ -284,6 +300,11 @@ macro_rules! __calls_accessor {
     };
     (SetVpRegisters) => {
         fn hv_call_set_vp_registers(&mut self) -> Option<&mut dyn $crate::SetVpRegisters> {
+            Some(self)
+        }
+    };
+    (EnablePartitionVtl) => {
+        fn hv_call_enable_partition_vtl(&mut self) -> Option<&mut dyn $crate::EnablePartitionVtl> {
             Some(self)
         }
     };
@@ -405,6 +426,23 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
             None => unserved(calls),
         };
     }
+    if c.code() == HypercallCode::ENABLE_PARTITION_VTL && c.fast() {
+        // 16 bytes of input: RDX, then R8 (TLFS "Register Mapping for
+        // Hypercall Inputs", fast calls).
+        if c.variable_header_size() != 0 {
+            return HypercallResult::error(HvError::INVALID_HYPERCALL_INPUT);
+        }
+        let Some(h) = calls.hv_call_enable_partition_vtl() else {
+            return unserved(calls);
+        };
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&call.input.to_le_bytes());
+        bytes[8..].copy_from_slice(&call.output.to_le_bytes());
+        return simple((|| {
+            let i = EnablePartitionVtlInput::parse(&bytes)?;
+            h.enable_partition_vtl(i.partition_id, i.target_vtl, i.flags)
+        })());
+    }
     // Every other call served here takes its input from memory.
     if c.fast() || c.variable_header_size() != 0 {
         return HypercallResult::error(HvError::INVALID_HYPERCALL_INPUT);
@@ -495,6 +533,16 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
                 (Ok(()), Some(e)) => reps(start, regs.len(), Err((e, regs.len()))),
                 (r, _) => reps(start, regs.len(), r),
             }
+        }
+        HypercallCode::ENABLE_PARTITION_VTL => {
+            let Some(h) = calls.hv_call_enable_partition_vtl() else {
+                return unserved(calls);
+            };
+            simple((|| {
+                let bytes = p.read(call.input, size_of::<EnablePartitionVtlInput>())?;
+                let i = EnablePartitionVtlInput::read_from_guest(&bytes, call.input)?;
+                h.enable_partition_vtl(i.partition_id, i.target_vtl, i.flags)
+            })())
         }
         HypercallCode::ENABLE_VP_VTL => {
             let Some(h) = calls.hv_call_enable_vp_vtl() else {

@@ -30,6 +30,7 @@ enum Seen {
         Vec<(HvRegisterName, HvRegisterValue)>,
     ),
     Enable(PartitionId, VpIndex, Vtl, u64),
+    EnablePartition(PartitionId, Vtl, u8),
     Start(PartitionId, VpIndex, Vtl, u64),
     ApicIds(PartitionId, HvInputVtl, Vec<u32>),
 }
@@ -118,6 +119,12 @@ impl EnableVpVtl for Recorder {
         self.simple()
     }
 }
+impl EnablePartitionVtl for Recorder {
+    fn enable_partition_vtl(&mut self, p: PartitionId, vtl: Vtl, flags: u8) -> HvResult<()> {
+        self.seen.push(Seen::EnablePartition(p, vtl, flags));
+        self.simple()
+    }
+}
 impl StartVirtualProcessor for Recorder {
     fn start_virtual_processor(
         &mut self,
@@ -159,6 +166,9 @@ impl Calls for Recorder {
         self.serve.then_some(self)
     }
     fn hv_call_enable_vp_vtl(&mut self) -> Option<&mut dyn EnableVpVtl> {
+        self.serve.then_some(self)
+    }
+    fn hv_call_enable_partition_vtl(&mut self) -> Option<&mut dyn EnablePartitionVtl> {
         self.serve.then_some(self)
     }
     fn hv_call_start_virtual_processor(&mut self) -> Option<&mut dyn StartVirtualProcessor> {
@@ -582,6 +592,60 @@ fn enable_vp_vtl_and_start_virtual_processor() {
     }
 }
 
+/// HvCallEnablePartitionVtl (0x000D): a 16-byte input from memory or, as a
+/// fast call (control bit 16), from RDX and R8 (TLFS "Hypercall Inputs",
+/// register mapping for fast calls; HvCallEnablePartitionVtl input table).
+#[test]
+fn enable_partition_vtl_from_memory_and_fast() {
+    let mut input = PartitionId::SELF.0.to_le_bytes().to_vec();
+    input.extend([1u8, 1, 0, 0, 0, 0, 0, 0]);
+    let m = memory(&[(IN, &input)]);
+    let want = Seen::EnablePartition(PartitionId::SELF, Vtl(1), 1);
+    let mut vmm = Recorder::serving();
+    assert_eq!(
+        run(&m, 0x0D, IN, 0, &mut vmm, None).status(),
+        HvStatus::SUCCESS
+    );
+    assert_eq!(vmm.seen, vec![want.clone()]);
+    let fast = 0x0D | (1 << 16);
+    let r8 = u64::from_le_bytes(input[8..16].try_into().unwrap());
+    let mut vmm = Recorder::serving();
+    assert_eq!(
+        run(&m, fast, PartitionId::SELF.0, r8, &mut vmm, None).status(),
+        HvStatus::SUCCESS
+    );
+    assert_eq!(vmm.seen, vec![want]);
+    // Reserved flag bits 7:1 and the RsvdZ bytes 10..16, in both forms.
+    for (what, r8) in [("flags bit 1", 0x0201u64), ("RsvdZ", 0x0100_0000_0001)] {
+        let mut vmm = Recorder::serving();
+        let r = run(&m, fast, PartitionId::SELF.0, r8, &mut vmm, None);
+        assert_eq!(r.status(), status(HvError::INVALID_PARAMETER), "{what}");
+        assert!(vmm.seen.is_empty(), "{what}");
+        let mut bad = input.clone();
+        bad[8..16].copy_from_slice(&r8.to_le_bytes());
+        let mb = memory(&[(IN, &bad)]);
+        let mut vmm = Recorder::serving();
+        let r = run(&mb, 0x0D, IN, 0, &mut vmm, None);
+        assert_eq!(r.status(), status(HvError::INVALID_PARAMETER), "{what}");
+        assert!(vmm.seen.is_empty(), "{what}");
+    }
+    // A variable header on the fast form.
+    let mut vmm = Recorder::serving();
+    let r = run(
+        &m,
+        fast | (1 << 17),
+        PartitionId::SELF.0,
+        r8,
+        &mut vmm,
+        None,
+    );
+    assert_eq!(r.status(), status(HvError::INVALID_HYPERCALL_INPUT));
+    let mut vmm = Recorder::serving();
+    let r = run(&m, 0x0D, IN + 4, 0, &mut vmm, None);
+    assert_eq!(r.status(), status(HvError::INVALID_ALIGNMENT));
+    assert!(vmm.seen.is_empty());
+}
+
 /// HvCallGetVpIndexFromApicId: 4-byte elements, 4-byte outputs.
 #[test]
 fn get_vp_index_from_apic_id_reps() {
@@ -808,6 +872,12 @@ impl SetVpRegisters for Everything {
         Ok(())
     }
 }
+impl EnablePartitionVtl for Everything {
+    fn enable_partition_vtl(&mut self, _: PartitionId, _: Vtl, _: u8) -> HvResult<()> {
+        self.0.push("EnablePartitionVtl");
+        Ok(())
+    }
+}
 impl EnableVpVtl for Everything {
     fn enable_vp_vtl(
         &mut self,
@@ -855,6 +925,7 @@ hv_hypercall::impl_calls!(Everything:
     NotifyLongSpinWait,
     GetVpRegisters,
     SetVpRegisters,
+    EnablePartitionVtl,
     EnableVpVtl,
     StartVirtualProcessor,
     GetVpIndexFromApicId,
@@ -871,6 +942,7 @@ fn impl_calls_serves_every_listed_call() {
         0x08 | (1 << 16),
         rep(0x50, 1, 0),
         rep(0x51, 1, 0),
+        0x0D,
         0x0F,
         0x99,
         rep(0x9A, 1, 0),
@@ -894,6 +966,7 @@ fn impl_calls_serves_every_listed_call() {
             "NotifyLongSpinWait",
             "GetVpRegisters",
             "SetVpRegisters",
+            "EnablePartitionVtl",
             "EnableVpVtl",
             "StartVirtualProcessor",
             "GetVpIndexFromApicId",

@@ -244,6 +244,12 @@ pub enum Synthetic {
     VpIndex,
     /// HvRegisterVsmVpStatus (read-only).
     VsmVpStatus,
+    /// HvRegisterVsmCodePageOffsets (read-only, partition-wide).
+    VsmCodePageOffsets,
+    /// HvRegisterVsmPartitionStatus (read-only, partition-wide).
+    VsmPartitionStatus,
+    /// HvRegisterVsmCapabilities (read-only, partition-wide).
+    VsmCapabilities,
     /// HvX64RegisterInitialApicId.
     InitialApicId,
 }
@@ -342,6 +348,9 @@ pub fn location(name: HvRegisterName) -> Option<KvmRegister> {
         HvRegisterName::TSC_AUX => K::Msr(msr::TSC_AUX),
         HvRegisterName::VP_INDEX => K::Synthetic(Synthetic::VpIndex),
         HvRegisterName::VSM_VP_STATUS => K::Synthetic(Synthetic::VsmVpStatus),
+        HvRegisterName::VSM_CODE_PAGE_OFFSETS => K::Synthetic(Synthetic::VsmCodePageOffsets),
+        HvRegisterName::VSM_PARTITION_STATUS => K::Synthetic(Synthetic::VsmPartitionStatus),
+        HvRegisterName::VSM_CAPABILITIES => K::Synthetic(Synthetic::VsmCapabilities),
         _ => return None,
     })
 }

@@ -347,7 +347,14 @@ fn validate_checks(
         | KvmRegister::MpState
         | KvmRegister::Synthetic(_) => {}
     }
-    if let KvmRegister::Synthetic(Synthetic::VpIndex | Synthetic::VsmVpStatus) = loc {
+    if let KvmRegister::Synthetic(
+        Synthetic::VpIndex
+        | Synthetic::VsmVpStatus
+        | Synthetic::VsmCodePageOffsets
+        | Synthetic::VsmPartitionStatus
+        | Synthetic::VsmCapabilities,
+    ) = loc
+    {
         return Err(RegisterFault::ReadOnly(name));
     }
     let v = value.as_u64().ok_or(RegisterFault::BeyondWidth(name))?;
@@ -393,7 +400,13 @@ fn validate_checks(
             reserved(name, v, !1)
         }
         KvmRegister::Synthetic(Synthetic::InitialApicId) => width(name, v, 32),
-        KvmRegister::Synthetic(Synthetic::VpIndex | Synthetic::VsmVpStatus)
+        KvmRegister::Synthetic(
+            Synthetic::VpIndex
+            | Synthetic::VsmVpStatus
+            | Synthetic::VsmCodePageOffsets
+            | Synthetic::VsmPartitionStatus
+            | Synthetic::VsmCapabilities,
+        )
         | KvmRegister::Segment(_)
         | KvmRegister::Table(_) => Ok(()),
     }
@@ -504,6 +517,9 @@ mod tests {
             (N::INTERCEPT_SUSPEND, 4),
             (N::INITIAL_APIC_ID, 1 << 32),
             (N::VSM_VP_STATUS, 0),
+            (N::VSM_CODE_PAGE_OFFSETS, 0),
+            (N::VSM_PARTITION_STATUS, 0),
+            (N::VSM_CAPABILITIES, 0),
         ];
         for &(n, x) in cases {
             let e = validate(n, v(x));

@@ -114,7 +114,14 @@ fn round_trip_every_settable_register(vendor: &[u8; 12]) {
     let names = settable();
     // Every known, writable name is covered.
     for &n in HvRegisterName::KNOWN {
-        let read_only = matches!(n, HvRegisterName::VP_INDEX | HvRegisterName::VSM_VP_STATUS);
+        let read_only = matches!(
+            n,
+            HvRegisterName::VP_INDEX
+                | HvRegisterName::VSM_VP_STATUS
+                | HvRegisterName::VSM_CODE_PAGE_OFFSETS
+                | HvRegisterName::VSM_PARTITION_STATUS
+                | HvRegisterName::VSM_CAPABILITIES
+        );
         let covered = names.iter().any(|(m, _)| *m == n) || n == HvRegisterName::TSC;
         assert!(read_only || covered, "{n:?} has no round-trip case");
     }
@@ -285,6 +292,9 @@ fn refused_values_leave_the_vcpu_untouched() {
         (N::EXPLICIT_SUSPEND, 2u64.into()),
         (N::VP_INDEX, 0u64.into()),
         (N::VSM_VP_STATUS, 0u64.into()),
+        (N::VSM_CODE_PAGE_OFFSETS, 0u64.into()),
+        (N::VSM_PARTITION_STATUS, 0u64.into()),
+        (N::VSM_CAPABILITIES, 0u64.into()),
         (HvRegisterName(0x0002_0099), 0u64.into()),
     ];
     for (name, value) in refused {

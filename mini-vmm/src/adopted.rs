@@ -62,9 +62,7 @@ pub fn run(n: u32) -> Result<Vec<String>, String> {
         PartitionConfig {
             max_vps: n,
             memory: vec![(0, RAM)],
-            hyperv: Some(HyperVConfig {
-                boot_vtl: Vtl::VTL0,
-            }),
+            hyperv: Some(HyperVConfig::booting_in(Vtl::VTL0)),
             cpuid_masks: vec![],
         },
         PartitionOptions {

@@ -89,9 +89,7 @@ fn setup() -> (Arc<Partition>, Vp) {
     let p = Partition::new(PartitionConfig {
         max_vps: 1,
         memory: vec![(0, 4 << 20)],
-        hyperv: Some(HyperVConfig {
-            boot_vtl: Vtl::VTL0,
-        }),
+        hyperv: Some(HyperVConfig::booting_in(Vtl::VTL0)),
         cpuid_masks: vec![],
     })
     .expect("the benchmark needs /dev/kvm");

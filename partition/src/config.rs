@@ -14,6 +14,21 @@ pub struct HyperVConfig {
     /// The VTL the boot processor runs in. A Linux kernel built with
     /// `CONFIG_HYPERV_VTL_MODE` expects [`Vtl::VTL2`].
     pub boot_vtl: Vtl,
+    /// The highest VTL the guest may enable with HvCallEnablePartitionVtl
+    /// (HvRegisterVsmPartitionStatus.MaximumVtl); at least `boot_vtl`, at most
+    /// [`Vtl::MAX_X64`]. Each VTL the guest enables gets a KVM VM of its own.
+    pub max_vtl: Vtl,
+}
+
+impl HyperVConfig {
+    /// The Hyper-V interface with the boot processor in `boot_vtl` and no
+    /// VTL above it available.
+    pub const fn booting_in(boot_vtl: Vtl) -> Self {
+        HyperVConfig {
+            boot_vtl,
+            max_vtl: boot_vtl,
+        }
+    }
 }
 
 /// Bits to clear from one CPUID leaf of every VP, after the partition has built it.

@@ -77,6 +77,15 @@ pub enum PartitionError {
     /// The boot VTL is above the highest VTL of an x64 partition (2).
     #[error("boot VTL {0} does not exist: an x64 partition has VTLs 0 to 2")]
     BootVtl(u8),
+    /// The maximum VTL is below the boot VTL or above the highest VTL of an
+    /// x64 partition (2).
+    #[error("maximum VTL {max} must be between the boot VTL {boot} and 2")]
+    MaxVtl {
+        /// The boot VTL.
+        boot: u8,
+        /// The maximum VTL asked for.
+        max: u8,
+    },
     /// The hypercall overlay page could not be allocated.
     #[error("cannot allocate the hypercall overlay page: {0}")]
     Overlay(#[source] std::io::Error),

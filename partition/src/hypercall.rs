@@ -6,17 +6,19 @@ use std::time::Instant;
 
 use exit_decoder::CallerMode;
 use hv_defs::{
-    HvError, HvInputVtl, HvRegisterValue, HvResult, InitialVpContext, PartitionId, VpIndex, Vtl,
+    HvError, HvInputVtl, HvRegisterValue, HvResult, HypercallCode, InitialVpContext, PartitionId,
+    VpIndex, Vtl,
 };
 use hv_hypercall::{
-    Caller, EnableVpVtl, GetPartitionId, GetVpIndexFromApicId, GetVpRegisters, HvRepResult,
-    HypercallInput, NotifyLongSpinWait, SetVpRegisters, StartVirtualProcessor,
+    Caller, EnablePartitionVtl, EnableVpVtl, GetPartitionId, GetVpIndexFromApicId, GetVpRegisters,
+    HvRepResult, HypercallInput, NotifyLongSpinWait, SetVpRegisters, StartVirtualProcessor,
 };
 use hv_regs::{location, HvRegisterName, KvmRegister, Synthetic};
 
 use crate::partition::start_vp;
 use crate::shared::VpShared;
 use crate::vp::{access_status, Vp};
+use crate::vsm::Switch;
 
 impl Vp {
     /// Serves the hypercall whose registers KVM synced at the trap (through the
@@ -30,6 +32,25 @@ impl Vp {
             return;
         };
         let partition = self.partition().clone();
+        let code = hc.control.code();
+        if code == HypercallCode::VTL_CALL || code == HypercallCode::VTL_RETURN {
+            // The page's VTL sequences moved the guest's control input to RAX
+            // (a 32-bit caller passes it in ECX; see `hyperv::HYPERCALL_PAGE`).
+            let control = match mode {
+                CallerMode::Long => regs.rax,
+                CallerMode::Protected | CallerMode::Illegal => regs.rcx & 0xFFFF_FFFF,
+            };
+            let kind = if code == HypercallCode::VTL_CALL {
+                Switch::Call
+            } else {
+                Switch::Return
+            };
+            self.vtl_switch(kind, control);
+            partition
+                .stats
+                .hypercall(code, hv_defs::HvStatus::SUCCESS, start.elapsed());
+            return;
+        }
         let call = HypercallInput {
             control: hc.control,
             input: hc.rdx,
@@ -68,29 +89,20 @@ impl GuestCalls<'_> {
             .ok_or(HvError::INVALID_VP_INDEX)
     }
 
-    /// An input VTL selector against the caller's VTL ([`Caller::input_vtl`]):
-    /// only the caller's own VTL is served; a lower one is `INVALID_VTL_STATE`
-    /// (this partition keeps one register set per VP; see [`crate::choices`]).
-    fn check_input_vtl(caller: &Caller, sel: HvInputVtl) -> HvResult<()> {
-        if caller.input_vtl(sel)? == caller.vtl {
-            Ok(())
-        } else {
-            Err(HvError::INVALID_VTL_STATE)
-        }
-    }
-
-    /// The target of a Get/SetVpRegisters call, after its header's checks.
+    /// The target of a Get/SetVpRegisters call, after its header's checks:
+    /// the VP and the VTL ([`Caller::input_vtl`]: the caller's own, a lower
+    /// one, never a higher one).
     fn registers_target(
         &self,
         partition_id: PartitionId,
         vp_index: VpIndex,
         input_vtl: HvInputVtl,
-    ) -> HvResult<Arc<VpShared>> {
+    ) -> HvResult<(Arc<VpShared>, Vtl)> {
         let caller = self.caller();
         caller.partition(partition_id)?;
         let target = self.target(&caller, vp_index)?;
-        Self::check_input_vtl(&caller, input_vtl)?;
-        Ok(target)
+        let vtl = caller.input_vtl(input_vtl)?;
+        Ok((target, vtl))
     }
 }
 
@@ -116,13 +128,18 @@ impl GetVpRegisters for GuestCalls<'_> {
         names: &[HvRegisterName],
         values: &mut [HvRegisterValue],
     ) -> HvRepResult {
-        let target = self
+        let (target, vtl) = self
             .registers_target(partition_id, vp_index, input_vtl)
             .map_err(|e| (e, 0))?;
         let own = Arc::ptr_eq(&target, self.0.shared());
         for (i, (&name, value)) in names.iter().zip(values.iter_mut()).enumerate() {
-            let v = if own {
-                hv_regs::get_register(&self.0.regs(), name).map_err(access_status)
+            let v = if let Some(s) = shared_register(name) {
+                Ok(target.synthetic(s).into())
+            } else if own {
+                match self.0.regs_of(vtl) {
+                    Some(regs) => hv_regs::get_register(&regs, name).map_err(access_status),
+                    None => Err(HvError::INVALID_VTL_STATE),
+                }
             } else {
                 synthetic_of_other(&target, name)
             };
@@ -140,19 +157,47 @@ impl SetVpRegisters for GuestCalls<'_> {
         input_vtl: HvInputVtl,
         registers: &[(HvRegisterName, HvRegisterValue)],
     ) -> HvRepResult {
-        let target = self
+        let (target, vtl) = self
             .registers_target(partition_id, vp_index, input_vtl)
             .map_err(|e| (e, 0))?;
         let own = Arc::ptr_eq(&target, self.0.shared());
         for (i, &(name, value)) in registers.iter().enumerate() {
             let r = if own {
-                hv_regs::set_register(&self.0.regs(), name, value).map_err(access_status)
+                match self.0.regs_of(vtl) {
+                    Some(regs) => hv_regs::set_register(&regs, name, value).map_err(access_status),
+                    None => Err(HvError::INVALID_VTL_STATE),
+                }
             } else {
                 set_synthetic_of_other(&target, name, value)
             };
             r.map_err(|e| (e, i))?;
         }
         Ok(())
+    }
+}
+
+impl EnablePartitionVtl for GuestCalls<'_> {
+    /// TLFS HvCallEnablePartitionVtl: the caller's checks ([`Caller`]), then
+    /// EnableMbec refused with `HV_STATUS_INVALID_PARAMETER` (stock KVM cannot
+    /// give execute permissions per mode; see [`crate::choices`]); then the
+    /// VTL's VM is made (`HV_STATUS_INSUFFICIENT_MEMORY` if the host fails).
+    fn enable_partition_vtl(
+        &mut self,
+        partition_id: PartitionId,
+        target_vtl: Vtl,
+        flags: u8,
+    ) -> HvResult<()> {
+        let partition = self.0.partition().clone();
+        let (enabled, max) = partition.vsm_partition_status();
+        self.caller()
+            .enable_partition_vtl(partition_id, target_vtl, enabled, max)?;
+        if flags & hv_defs::EnablePartitionVtlInput::ENABLE_MBEC != 0 {
+            return Err(HvError::INVALID_PARAMETER);
+        }
+        partition.create_vtl_space(target_vtl).map_err(|e| {
+            log::error!("cannot enable VTL {}: {e}", target_vtl.0);
+            HvError::INSUFFICIENT_MEMORY
+        })
     }
 }
 
@@ -165,17 +210,20 @@ impl EnableVpVtl for GuestCalls<'_> {
         context: &InitialVpContext,
     ) -> HvResult<()> {
         let caller = self.caller();
+        let partition = self.0.partition().clone();
         let mut found = None;
-        caller.enable_vtl_target(partition_id, vp_index, target_vtl, |i| {
-            found = self.target(&caller, i).ok();
-            found.is_some()
-        })?;
+        caller.enable_vtl_target(
+            partition_id,
+            vp_index,
+            target_vtl,
+            partition.vsm.enabled(),
+            |i| {
+                found = self.target(&caller, i).ok();
+                found.is_some()
+            },
+        )?;
         let target = found.ok_or(HvError::INVALID_VP_INDEX)?;
-        let mut g = target.lock();
-        let enabled = g.state.enable_vtl(target_vtl)?;
-        hv_regs::context_to_kvm(context, &Default::default()).map_err(hv_regs::context_status)?;
-        g.state = enabled;
-        Ok(())
+        partition.enable_vtl_on(&target, target_vtl, context)
     }
 }
 
@@ -213,7 +261,8 @@ impl GetVpIndexFromApicId for GuestCalls<'_> {
     ) -> HvRepResult {
         let caller = self.caller();
         caller.partition(partition_id).map_err(|e| (e, 0))?;
-        Self::check_input_vtl(&caller, target_vtl).map_err(|e| (e, 0))?;
+        // Every VTL of a VP has the VP's APIC id.
+        caller.input_vtl(target_vtl).map_err(|e| (e, 0))?;
         for (i, (&apic_id, out)) in apic_ids.iter().zip(vp_indexes.iter_mut()).enumerate() {
             *out = self
                 .0
@@ -230,10 +279,27 @@ hv_hypercall::impl_calls!(GuestCalls<'_>:
     NotifyLongSpinWait,
     GetVpRegisters,
     SetVpRegisters,
+    EnablePartitionVtl,
     EnableVpVtl,
     StartVirtualProcessor,
     GetVpIndexFromApicId,
 );
+
+/// The registers one VP shares across its VTLs, and the partition's, served
+/// whatever the input VTL names (TLFS "Virtual Secure Mode": VsmVpStatus is
+/// shared across VTLs; VP index; the partition-wide VSM registers).
+fn shared_register(name: HvRegisterName) -> Option<Synthetic> {
+    match location(name) {
+        Some(KvmRegister::Synthetic(
+            s @ (Synthetic::VpIndex
+            | Synthetic::VsmVpStatus
+            | Synthetic::VsmPartitionStatus
+            | Synthetic::VsmCapabilities
+            | Synthetic::VsmCodePageOffsets),
+        )) => Some(s),
+        _ => None,
+    }
+}
 
 /// Another VP's registers are reachable only where the VP model keeps them: its
 /// vCPU belongs to its own thread, which may be running.

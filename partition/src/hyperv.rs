@@ -7,10 +7,60 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 /// the page's instructions to the hypervisor).
 pub const HYPERCALL_PORT: u16 = 0xE0;
 
-/// The hypercall page's code: `out %eax, $0xE0; ret` (the rest of the page is
-/// `int3`). A 32-bit OUT exits to user space with RCX, RDX and R8 (or EDX:EAX,
-/// EBX:ECX, EDI:ESI) intact; only RAX (EDX:EAX) is written back.
-pub const HYPERCALL_PAGE: [u8; 3] = [0xE7, HYPERCALL_PORT as u8, 0xC3];
+/// The hypercall page's code (the rest of the page is `int3`):
+///
+/// - offset 0, the hypercall: `out %eax, $0xE0; ret`. A 32-bit OUT exits to
+///   user space with RCX, RDX and R8 (or EDX:EAX, EBX:ECX, EDI:ESI) intact;
+///   only RAX (EDX:EAX) is written back.
+/// - [`VTL_CALL_OFFSET`], HvCallVtlCall for a 64-bit caller: `mov %rcx, %rax;
+///   mov $0x11, %ecx; out %eax, $0xE0; ret` (the guest's control input moves to
+///   RAX, which the TLFS leaves clobbered; RCX carries the call code);
+/// - [`VTL_RETURN_OFFSET`], HvCallVtlReturn the same with code 0x12.
+pub const HYPERCALL_PAGE: [u8; 0x2B] = {
+    let mut p = [0xCCu8; 0x2B];
+    let out = [0xE7, HYPERCALL_PORT as u8, 0xC3];
+    let mut i = 0;
+    while i < 3 {
+        p[i] = out[i];
+        i += 1;
+    }
+    let mut stub = 0;
+    while stub < 2 {
+        let at = [VTL_CALL_OFFSET, VTL_RETURN_OFFSET][stub] as usize;
+        let code = [0x11u8, 0x12][stub];
+        let seq = [
+            0x48,
+            0x89,
+            0xC8,
+            0xB9,
+            code,
+            0,
+            0,
+            0,
+            0xE7,
+            HYPERCALL_PORT as u8,
+            0xC3,
+        ];
+        let mut j = 0;
+        while j < seq.len() {
+            p[at + j] = seq[j];
+            j += 1;
+        }
+        stub += 1;
+    }
+    p
+};
+
+/// Where the 64-bit VTL call sequence starts in the hypercall page.
+pub const VTL_CALL_OFFSET: u16 = 0x10;
+/// Where the 64-bit VTL return sequence starts in the hypercall page.
+pub const VTL_RETURN_OFFSET: u16 = 0x20;
+/// The page offsets of the page's three port writes (the hypercall's, the VTL
+/// call's, the VTL return's).
+pub const TRAP_OFFSETS: [u64; 3] = [0, VTL_CALL_OFFSET as u64 + 8, VTL_RETURN_OFFSET as u64 + 8];
+/// HvRegisterVsmCodePageOffsets.
+pub const VSM_CODE_PAGE_OFFSETS: hv_defs::vsm::VsmCodePageOffsets =
+    hv_defs::vsm::VsmCodePageOffsets::new(VTL_CALL_OFFSET, VTL_RETURN_OFFSET);
 
 pub use hv_defs::synthetic::*;
 

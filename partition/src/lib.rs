@@ -26,7 +26,7 @@
 //! let p = Partition::new(PartitionConfig {
 //!     max_vps: 2,
 //!     memory: vec![(0, 64 << 20)],
-//!     hyperv: Some(HyperVConfig { boot_vtl: Vtl::VTL2 }),
+//!     hyperv: Some(HyperVConfig::booting_in(Vtl::VTL2)),
 //!     cpuid_masks: vec![],
 //! })
 //! .expect("partition");
@@ -57,6 +57,8 @@ mod shared;
 mod start_check;
 mod stats;
 mod vp;
+mod vsm;
+mod vtl;
 
 pub use config::{CpuidMask, HyperVConfig, Kick, PartitionConfig, PartitionOptions, VmParts};
 pub use error::{PartitionError, VpError};

@@ -3,11 +3,12 @@
 //! borrows its vCPU.
 
 use exit_decoder::MsrAccess;
+use std::sync::atomic::Ordering;
+
 use hv_defs::VpIndex;
 
 use crate::hyperv;
 use crate::partition::Partition;
-use crate::shared::HvPartitionState;
 use crate::vp::Handled;
 
 /// HV_X64_MSR_HYPERCALL: enable (bit 0), locked (bit 1), RsvdP (bits 11:2).
@@ -26,14 +27,21 @@ impl Partition {
         let Some(shared) = self.existing_vp(vp) else {
             return Handled::NotMine;
         };
+        // The guest OS id, the hypercall page and the VP assist page are
+        // private to the VTL the VP runs in (TLFS "Virtual Secure Mode").
+        let vtl = shared.lock().state.active_vtl();
+        let Some(space) = self.space(vtl) else {
+            *m.error = 1;
+            return Handled::Served;
+        };
         let value = match (m.index, m.written) {
-            (hyperv::MSR_GUEST_OS_ID, None) => Some(self.hv().guest_os_id),
+            (hyperv::MSR_GUEST_OS_ID, None) => Some(space.hv().guest_os_id),
             (hyperv::MSR_GUEST_OS_ID, Some(v)) => {
-                let mut hv = self.hv();
+                let mut hv = space.hv();
                 hv.guest_os_id = v;
                 if v == 0 && hv.hypercall & HYPERCALL_ENABLE != 0 {
                     // Clearing the guest OS id disables the hypercall page.
-                    if self.place_hypercall_overlay(None).is_err() {
+                    if self.place_hypercall_overlay(vtl, None).is_err() {
                         *m.error = 1;
                         return Handled::Served;
                     }
@@ -41,8 +49,8 @@ impl Partition {
                 }
                 None
             }
-            (hyperv::MSR_HYPERCALL, None) => Some(self.hv().hypercall),
-            (hyperv::MSR_HYPERCALL, Some(v)) => match self.write_hypercall_msr(v) {
+            (hyperv::MSR_HYPERCALL, None) => Some(space.hv().hypercall),
+            (hyperv::MSR_HYPERCALL, Some(v)) => match self.write_hypercall_msr(vtl, v) {
                 Ok(()) => None,
                 Err(()) => {
                     *m.error = 1;
@@ -52,14 +60,18 @@ impl Partition {
             (hyperv::MSR_VP_INDEX, None) => Some(vp.0 as u64),
             (hyperv::MSR_TSC_FREQUENCY, None) => Some(shared.tsc_hz),
             (hyperv::MSR_APIC_FREQUENCY, None) => Some(1_000_000_000),
-            (hyperv::MSR_VP_ASSIST_PAGE, None) => Some(shared.lock().vp_assist_page),
+            (hyperv::MSR_VP_ASSIST_PAGE, None) => {
+                Some(shared.lock().vp_assist_page[vtl.0 as usize])
+            }
             (hyperv::MSR_VP_ASSIST_PAGE, Some(v)) => {
-                shared.lock().vp_assist_page = v;
+                shared.lock().vp_assist_page[vtl.0 as usize] = v;
                 None
             }
-            (hyperv::MSR_TSC_INVARIANT_CONTROL, None) => Some(self.hv().tsc_invariant_control),
+            (hyperv::MSR_TSC_INVARIANT_CONTROL, None) => {
+                Some(self.tsc_invariant_control.load(Ordering::Relaxed))
+            }
             (hyperv::MSR_TSC_INVARIANT_CONTROL, Some(v)) if v & !1 == 0 => {
-                self.hv().tsc_invariant_control = v;
+                self.tsc_invariant_control.store(v, Ordering::Relaxed);
                 None
             }
             _ => {
@@ -73,18 +85,17 @@ impl Partition {
         Handled::Served
     }
 
-    fn hv(&self) -> std::sync::MutexGuard<'_, HvPartitionState> {
-        self.hv.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// HV_X64_MSR_HYPERCALL (TLFS "Establishing the Hypercall Interface"): bit 0
     /// enables the page at the GPFN in bits 63:12, bit 1 locks the MSR, bits 11:2
     /// are RsvdP (kept as written). The page is an overlay mapped read-only over
     /// whatever is at that GPA, RAM or nothing. `Err` means #GP: a GPFN beyond
     /// the GPA space, a write that changes a locked MSR (see [`crate::choices`]),
     /// or a host failure to map the page.
-    fn write_hypercall_msr(&self, v: u64) -> Result<(), ()> {
-        let mut hv = self.hv();
+    fn write_hypercall_msr(&self, vtl: hv_defs::Vtl, v: u64) -> Result<(), ()> {
+        let Some(space) = self.space(vtl) else {
+            return Err(());
+        };
+        let mut hv = space.hv();
         if hv.hypercall & HYPERCALL_LOCKED != 0 {
             return if v == hv.hypercall { Ok(()) } else { Err(()) };
         }
@@ -98,7 +109,7 @@ impl Partition {
             value &= !HYPERCALL_ENABLE;
         }
         let place = (value & HYPERCALL_ENABLE != 0).then_some(gpa);
-        if let Err(e) = self.place_hypercall_overlay(place) {
+        if let Err(e) = self.place_hypercall_overlay(vtl, place) {
             log::error!("cannot map the hypercall page at {gpa:#x}: {e}");
             return Err(());
         }

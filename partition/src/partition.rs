@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hv_defs::{HvError, HvResult, InitialVpContext, PartitionId, VpIndex, Vtl};
-use hv_regs::Synthetic;
+use hv_regs::{Synthetic, VcpuRegisters};
 use kvm_bindings::{
     kvm_enable_cap, kvm_userspace_memory_region, CpuId, KVM_CAP_X86_USER_SPACE_MSR,
     KVM_MAX_CPUID_ENTRIES, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN,
@@ -23,10 +23,11 @@ use crate::hyperv;
 use crate::kick::{prepare_signal, VpKicker};
 use crate::overlay::{Overlay, RamSlot};
 use crate::run_state::{pause, RunGate};
-use crate::shared::{HvPartitionState, VpInner, VpShared};
+use crate::shared::{VpInner, VpShared};
 use crate::start_check::Trial;
 use crate::stats::Stats;
 use crate::vp::Vp;
+use crate::vtl::{VsmShared, VtlSpace, NO_OVERLAY};
 
 static NEXT_PARTITION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -46,13 +47,16 @@ pub struct Partition {
     pub(crate) supported_cpuid: CpuId,
     pub(crate) id: PartitionId,
     pub(crate) vps: Vec<Mutex<Option<Arc<VpShared>>>>,
-    pub(crate) hv: Mutex<HvPartitionState>,
     pub(crate) stats: Stats,
     start_observer: OnceLock<Observer>,
-    /// The hypercall page's overlay slot; its GPA is mirrored in `overlay_at`
-    /// (`NO_OVERLAY` when unmapped) for the run loop's lock-free check.
-    overlay: Mutex<Overlay>,
-    overlay_at: AtomicU64,
+    /// Per VTL: its VM, hypercall overlay and private synthetic MSRs; the boot
+    /// VTL's from creation, the others from their HvCallEnablePartitionVtl.
+    pub(crate) vtls: [OnceLock<VtlSpace>; 3],
+    pub(crate) vsm: Arc<VsmShared>,
+    /// The RAM slots, registered alike in every VTL's VM.
+    ram: Vec<RamSlot>,
+    /// HV_X64_MSR_TSC_INVARIANT_CONTROL (partition-wide, shared by the VTLs).
+    pub(crate) tsc_invariant_control: AtomicU64,
     /// One past the highest GPA (from the guest's MAXPHYADDR).
     gpa_limit: u64,
     /// A vCPU of a VM of its own, with the partition's CPUID, on which a start
@@ -70,8 +74,6 @@ pub struct Partition {
 
 /// How long a call naming an expected but not yet created VP waits for it.
 pub const CREATION_WAIT: Duration = Duration::from_secs(10);
-
-const NO_OVERLAY: u64 = u64::MAX;
 
 struct Observer(StartObserver);
 
@@ -189,7 +191,7 @@ impl Partition {
     ///     PartitionConfig {
     ///         max_vps: 2,
     ///         memory: vec![(0, 64 << 20)],
-    ///         hyperv: Some(HyperVConfig { boot_vtl: hv_defs::Vtl::VTL0 }),
+    ///         hyperv: Some(HyperVConfig::booting_in(hv_defs::Vtl::VTL0)),
     ///         cpuid_masks: vec![],
     ///     },
     ///     PartitionOptions {
@@ -253,52 +255,7 @@ impl Partition {
             });
         }
         let kvm_err = |what| move |source| PartitionError::Kvm { what, source };
-        if options.create_irqchip {
-            vm.create_irq_chip()
-                .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        }
-        if options.msr_exits {
-            // Unknown MSRs (and the filtered ranges) exit to user space instead of
-            // raising #GP in the kernel.
-            if kvm.check_extension(Cap::X86UserSpaceMsr) {
-                let cap = kvm_enable_cap {
-                    cap: KVM_CAP_X86_USER_SPACE_MSR,
-                    args: [
-                        (KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER) as u64,
-                        0,
-                        0,
-                        0,
-                    ],
-                    ..Default::default()
-                };
-                vm.enable_cap(&cap)
-                    .map_err(kvm_err("KVM_CAP_X86_USER_SPACE_MSR"))?;
-            }
-            // Deny the synthetic range in the kernel (a host kernel with its own
-            // Hyper-V emulation must not answer it) and the VMM's own ranges.
-            let mut ranges: Vec<(u32, u32)> = options.msr_filter.clone();
-            if config.hyperv.is_some() {
-                ranges.push((hyperv::MSR_FIRST, hyperv::MSR_COUNT));
-            }
-            if !ranges.is_empty() {
-                let bitmaps: Vec<Vec<u8>> = ranges
-                    .iter()
-                    .map(|&(_, n)| vec![0u8; n.div_ceil(8) as usize])
-                    .collect();
-                let filter: Vec<MsrFilterRange<'_>> = ranges
-                    .iter()
-                    .zip(&bitmaps)
-                    .map(|(&(base, msr_count), bitmap)| MsrFilterRange {
-                        flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
-                        base,
-                        msr_count,
-                        bitmap,
-                    })
-                    .collect();
-                vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &filter)
-                    .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
-            }
-        }
+        apply_vm_policies(&kvm, &vm, &config, &options)?;
         let supported_cpuid = match supported_cpuid {
             Some(c) => c,
             None => kvm
@@ -309,7 +266,7 @@ impl Partition {
             prepare_signal(signal).map_err(PartitionError::Signal)?;
         }
         let vps = (0..config.max_vps).map(|_| Mutex::new(None)).collect();
-        let overlay = Overlay::new(&hyperv::HYPERCALL_PAGE, ram, overlay_slots)
+        let overlay = Overlay::new(&hyperv::HYPERCALL_PAGE, ram.clone(), overlay_slots)
             .map_err(PartitionError::Overlay)?;
         let gpa_limit = gpa_limit_of(&supported_cpuid);
         if own_vm && options.create_irqchip {
@@ -318,6 +275,11 @@ impl Partition {
             let slot = overlay.slots().into_iter().max().unwrap_or(0) + 1;
             crate::settle::settle_in_background(vm.clone(), slot, gpa_limit);
         }
+        let boot_vtl = config.hyperv.map_or(Vtl::VTL0, |h| h.boot_vtl);
+        let max_vtl = config.hyperv.map_or(Vtl::VTL0, |h| h.max_vtl);
+        let vtls: [OnceLock<VtlSpace>; 3] = Default::default();
+        let _ = vtls[boot_vtl.0 as usize].set(VtlSpace::new(vm.clone(), overlay));
+        let vsm = VsmShared::new(max_vtl, 1 | (1 << boot_vtl.0));
         Ok(Arc::new(Partition {
             kvm,
             vm,
@@ -327,11 +289,12 @@ impl Partition {
             supported_cpuid,
             id: PartitionId(NEXT_PARTITION_ID.fetch_add(1, Ordering::Relaxed)),
             vps,
-            hv: Mutex::new(HvPartitionState::default()),
             stats: Stats::default(),
             start_observer: OnceLock::new(),
-            overlay: Mutex::new(overlay),
-            overlay_at: AtomicU64::new(NO_OVERLAY),
+            vtls,
+            vsm,
+            ram,
+            tsc_invariant_control: AtomicU64::new(0),
             gpa_limit,
             trial: Mutex::new(None),
             own_vm,
@@ -433,6 +396,7 @@ impl Partition {
                 VpInner::new(state, index.0),
                 VpKicker::new(index, self.options.kick.clone()),
             ),
+            vsm: self.vsm.clone(),
         });
         let vp = Vp::new(self.clone(), shared.clone(), vcpu)?;
         *slot = Some(shared);
@@ -478,36 +442,117 @@ impl Partition {
         self.gpa_limit
     }
 
-    /// The GPA of the hypercall overlay page while the guest has it enabled.
+    /// The GPA of the boot VTL's hypercall overlay page while the guest has it
+    /// enabled.
     pub fn hypercall_overlay(&self) -> Option<u64> {
-        match self.overlay_at.load(Ordering::Acquire) {
-            NO_OVERLAY => None,
-            gpa => Some(gpa),
-        }
+        self.overlay_of(self.boot_vtl())
     }
 
-    /// Maps the hypercall overlay page at `to` or unmaps it, with every VP held
-    /// out of KVM_RUN while the memory slots change. Called from a VP's own exit
-    /// handling (an MSR write) as well: the calling VP's thread is marked out of
-    /// KVM_RUN before anything is waited for, so it never waits for itself, nor
-    /// for another VP doing the same.
-    pub(crate) fn place_hypercall_overlay(&self, to: Option<u64>) -> Result<(), kvm_ioctls::Error> {
+    /// The GPA of `vtl`'s hypercall overlay page while that VTL has it enabled.
+    pub fn hypercall_overlay_of(&self, vtl: Vtl) -> Option<u64> {
+        self.overlay_of(vtl)
+    }
+
+    pub(crate) fn overlay_of(&self, vtl: Vtl) -> Option<u64> {
+        self.space(vtl)?.overlay_at()
+    }
+
+    /// The VM and private state of `vtl`, once the VTL is enabled.
+    pub(crate) fn space(&self, vtl: Vtl) -> Option<&VtlSpace> {
+        self.vtls.get(vtl.0 as usize)?.get()
+    }
+
+    /// Maps `vtl`'s hypercall overlay page at `to` or unmaps it, with every VP
+    /// held out of KVM_RUN while the memory slots change. Called from a VP's
+    /// own exit handling (an MSR write) as well: the calling VP's thread is
+    /// marked out of KVM_RUN before anything is waited for, so it never waits
+    /// for itself, nor for another VP doing the same.
+    pub(crate) fn place_hypercall_overlay(
+        &self,
+        vtl: Vtl,
+        to: Option<u64>,
+    ) -> Result<(), kvm_ioctls::Error> {
+        let Some(space) = self.space(vtl) else {
+            return Err(kvm_ioctls::Error::new(22));
+        };
         let vps: Vec<Arc<VpShared>> = (0..self.config.max_vps)
             .filter_map(|i| self.existing_vp(VpIndex(i)))
             .collect();
         for vp in &vps {
             vp.gate.leave_if_current();
         }
-        let mut overlay = self.overlay.lock().unwrap_or_else(|e| e.into_inner());
+        let mut overlay = space.overlay.lock().unwrap_or_else(|e| e.into_inner());
         if overlay.at() == to {
             return Ok(());
         }
         let paused = pause(vps.iter().map(|vp| &vp.gate).collect());
-        let r = overlay.place(&self.vm, to);
-        self.overlay_at
+        let r = overlay.place(&space.vm, to);
+        space
+            .overlay_at
             .store(overlay.at().unwrap_or(NO_OVERLAY), Ordering::Release);
         drop(paused);
         r
+    }
+
+    /// Enables `vtl` for the partition (HvCallEnablePartitionVtl once its
+    /// checks passed): a KVM VM of its own with the partition's RAM registered
+    /// in the same slots, the same KVM-wide policies, and an overlay page of
+    /// its own. A host failure is returned with its source; the VTL is then
+    /// not enabled.
+    pub(crate) fn create_vtl_space(&self, vtl: Vtl) -> Result<(), PartitionError> {
+        let slot = self
+            .vtls
+            .get(vtl.0 as usize)
+            .ok_or(PartitionError::BootVtl(vtl.0))?;
+        if slot.get().is_some() {
+            return Ok(());
+        }
+        let kvm_err = |what| move |source| PartitionError::Kvm { what, source };
+        let vm = self.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        for r in &self.ram {
+            let region = kvm_userspace_memory_region {
+                slot: r.slot,
+                flags: 0,
+                guest_phys_addr: r.gpa,
+                memory_size: r.len,
+                userspace_addr: r.host,
+            };
+            // SAFETY: the region is mapped for `len` bytes at `host` and is owned
+            // by the partition's `memory`, which outlives every VTL's VM.
+            unsafe { vm.set_user_memory_region(region) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        apply_vm_policies(&self.kvm, &vm, &self.config, &self.options)?;
+        let overlay = Overlay::new(&hyperv::HYPERCALL_PAGE, self.ram.clone(), None)
+            .map_err(PartitionError::Overlay)?;
+        let _ = slot.set(VtlSpace::new(Arc::new(vm), overlay));
+        self.vsm.mark_enabled(vtl);
+        log::info!("partition {}: VTL {} enabled", self.id.0, vtl.0);
+        Ok(())
+    }
+
+    /// Enables `vtl` for the partition as the host calls it
+    /// (HvCallEnablePartitionVtl without the guest's privilege checks):
+    /// `HV_STATUS_INVALID_PARAMETER` above the configured maximum VTL,
+    /// `HV_STATUS_VTL_ALREADY_ENABLED` if it is; a host failure with its
+    /// source.
+    pub fn enable_partition_vtl(&self, vtl: Vtl) -> Result<(), VpError> {
+        if vtl > self.vsm.max_vtl {
+            return Err(HvError::INVALID_PARAMETER.into());
+        }
+        if self.vsm.enabled() & (1 << vtl.0) != 0 {
+            return Err(HvError::VTL_ALREADY_ENABLED.into());
+        }
+        self.create_vtl_space(vtl).map_err(|e| {
+            log::error!("cannot enable VTL {}: {e}", vtl.0);
+            VpError::Status(HvError::INSUFFICIENT_MEMORY)
+        })
+    }
+
+    /// The partition's enabled-VTL set (bit n for VTL n) and maximum VTL, as
+    /// HvRegisterVsmPartitionStatus reports them.
+    pub fn vsm_partition_status(&self) -> (u16, Vtl) {
+        (self.vsm.enabled(), self.vsm.max_vtl)
     }
 
     /// VP `index` if it exists now.
@@ -610,12 +655,77 @@ impl Partition {
         }
     }
 
-    /// Enables `vtl` on VP `index` (HvCallEnableVpVtl, as the host calls it).
-    pub fn enable_vp_vtl(&self, index: VpIndex, vtl: Vtl) -> HvResult<()> {
+    /// Enables `vtl` on VP `index` with `context` for its first entry
+    /// (HvCallEnableVpVtl, as the host calls it, without the guest's privilege
+    /// checks): `HV_STATUS_INVALID_VP_INDEX` for no such VP,
+    /// `HV_STATUS_INVALID_PARAMETER` if the partition has not enabled `vtl`,
+    /// `HV_STATUS_VTL_ALREADY_ENABLED` if the VP has.
+    pub fn enable_vp_vtl(
+        &self,
+        index: VpIndex,
+        vtl: Vtl,
+        context: &InitialVpContext,
+    ) -> HvResult<()> {
         let vp = self.vp_shared(index).ok_or(HvError::INVALID_VP_INDEX)?;
+        if vtl > Vtl::MAX_X64 || self.vsm.enabled() & (1 << vtl.0) == 0 {
+            return Err(HvError::INVALID_PARAMETER);
+        }
+        self.enable_vtl_on(&vp, vtl, context)
+    }
+
+    /// Enables `vtl` on `vp` once the caller's checks passed: the VP model's
+    /// (already enabled), the context's, then, for a VTL other than the boot
+    /// VTL, a vCPU of the VP in that VTL's VM, handed to the VP's thread with
+    /// the context for its first entry. The active VTL does not change.
+    pub(crate) fn enable_vtl_on(
+        &self,
+        vp: &VpShared,
+        vtl: Vtl,
+        context: &InitialVpContext,
+    ) -> HvResult<()> {
         let mut g = vp.lock();
-        g.state = g.state.enable_vtl(vtl)?;
+        let enabled = g.state.enable_vtl(vtl)?;
+        hv_regs::context_to_kvm(context, &Default::default()).map_err(hv_regs::context_status)?;
+        if vtl != self.boot_vtl() {
+            let vcpu = self.create_vtl_vcpu(vp, vtl).map_err(|e| {
+                log::error!("VP {}: cannot make its VTL {} vCPU: {e}", vp.index.0, vtl.0);
+                HvError::INSUFFICIENT_MEMORY
+            })?;
+            g.new_vtls.push(crate::shared::VtlVcpu {
+                vtl,
+                vcpu,
+                first_entry: *context,
+            });
+        }
+        g.state = enabled;
+        drop(g);
+        vp.gate.notify();
         Ok(())
+    }
+
+    /// The vCPU of `vp` in `vtl`'s VM: the VP's CPUID, its APIC id, MTRRs as
+    /// the partition's options say.
+    fn create_vtl_vcpu(&self, vp: &VpShared, vtl: Vtl) -> Result<VcpuFd, VpError> {
+        let space = self.space(vtl).ok_or(HvError::INVALID_PARAMETER)?;
+        let vcpu = space
+            .vm
+            .create_vcpu(vp.index.0 as u64)
+            .map_err(VpError::kvm("KVM_CREATE_VCPU"))?;
+        vcpu.set_cpuid2(&vp.cpuid)
+            .map_err(VpError::kvm("KVM_SET_CPUID2"))?;
+        if let Ok(lapic) = vcpu.get_lapic() {
+            vcpu.set_lapic(&lapic)
+                .map_err(VpError::kvm("KVM_SET_LAPIC"))?;
+        }
+        if self.options.mtrr_write_back {
+            hv_regs::KvmVcpu {
+                fd: &vcpu,
+                vendor: vp.vendor,
+            }
+            .set_msr(0x2FF, 0x806)
+            .map_err(VpError::kvm("KVM_SET_MSRS (IA32_MTRR_DEF_TYPE)"))?;
+        }
+        Ok(vcpu)
     }
 
     /// The VP whose APIC id is `apic_id` (HvCallGetVpIndexFromApicId);
@@ -683,10 +793,68 @@ pub(crate) fn start_vp(
         // with the target left unstarted.
         partition.check_context_loads(vp, context)?;
         g.state = started;
-        g.pending_start = Some(*context);
+        g.pending_start = Some((vtl, *context));
     }
     vp.gate.notify();
     vp.gate.kick(|g| g.pending_start.is_some());
+    Ok(())
+}
+
+/// The KVM-wide policies `options` selects, applied to `vm`: the in-kernel
+/// irqchip, MSR exits and the MSR filter (the synthetic range with Hyper-V).
+fn apply_vm_policies(
+    kvm: &Kvm,
+    vm: &VmFd,
+    config: &PartitionConfig,
+    options: &PartitionOptions,
+) -> Result<(), PartitionError> {
+    let kvm_err = |what| move |source| PartitionError::Kvm { what, source };
+    if options.create_irqchip {
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    }
+    if options.msr_exits {
+        // Unknown MSRs (and the filtered ranges) exit to user space instead of
+        // raising #GP in the kernel.
+        if kvm.check_extension(Cap::X86UserSpaceMsr) {
+            let cap = kvm_enable_cap {
+                cap: KVM_CAP_X86_USER_SPACE_MSR,
+                args: [
+                    (KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+                ..Default::default()
+            };
+            vm.enable_cap(&cap)
+                .map_err(kvm_err("KVM_CAP_X86_USER_SPACE_MSR"))?;
+        }
+        // Deny the synthetic range in the kernel (a host kernel with its own
+        // Hyper-V emulation must not answer it) and the VMM's own ranges.
+        let mut ranges: Vec<(u32, u32)> = options.msr_filter.clone();
+        if config.hyperv.is_some() {
+            ranges.push((hyperv::MSR_FIRST, hyperv::MSR_COUNT));
+        }
+        if !ranges.is_empty() {
+            let bitmaps: Vec<Vec<u8>> = ranges
+                .iter()
+                .map(|&(_, n)| vec![0u8; n.div_ceil(8) as usize])
+                .collect();
+            let filter: Vec<MsrFilterRange<'_>> = ranges
+                .iter()
+                .zip(&bitmaps)
+                .map(|(&(base, msr_count), bitmap)| MsrFilterRange {
+                    flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                    base,
+                    msr_count,
+                    bitmap,
+                })
+                .collect();
+            vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &filter)
+                .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
+        }
+    }
     Ok(())
 }
 
@@ -695,6 +863,12 @@ fn check_config(config: &PartitionConfig) -> Result<(), PartitionError> {
     if let Some(h) = config.hyperv {
         if h.boot_vtl > Vtl::MAX_X64 {
             return Err(PartitionError::BootVtl(h.boot_vtl.0));
+        }
+        if h.max_vtl < h.boot_vtl || h.max_vtl > Vtl::MAX_X64 {
+            return Err(PartitionError::MaxVtl {
+                boot: h.boot_vtl.0,
+                max: h.max_vtl.0,
+            });
         }
     }
     Ok(())

@@ -1,22 +1,32 @@
 //! The part of a VP other threads reach ([`VpShared`]), and the partition-wide
 //! state of the synthetic MSRs.
 
-use std::sync::MutexGuard;
+use std::sync::{Arc, MutexGuard};
 
-use hv_defs::{HvError, HvResult, InitialVpContext, VpIndex};
+use hv_defs::{HvError, HvResult, InitialVpContext, VpIndex, Vtl};
 use hv_regs::Synthetic;
 use kvm_bindings::CpuId;
+use kvm_ioctls::VcpuFd;
 use vp_state::VpState;
 
 use crate::kick::VpKicker;
 use crate::run_state::{RunGate, RunState, Runnable};
+use crate::vtl::{VsmShared, VSM_CAPABILITIES};
 
-/// Partition-wide state of the synthetic MSRs.
+/// The synthetic MSRs a partition keeps once per VTL.
 #[derive(Debug, Default)]
 pub(crate) struct HvPartitionState {
     pub guest_os_id: u64,
     pub hypercall: u64,
-    pub tsc_invariant_control: u64,
+}
+
+/// A vCPU made for a VTL of the VP by HvCallEnableVpVtl, with the context it
+/// starts in at its first entry, for the VP's thread to take.
+#[derive(Debug)]
+pub(crate) struct VtlVcpu {
+    pub vtl: Vtl,
+    pub vcpu: VcpuFd,
+    pub first_entry: InitialVpContext,
 }
 
 /// What a VP's thread must do next, besides running.
@@ -24,13 +34,16 @@ pub(crate) struct HvPartitionState {
 pub(crate) struct VpInner {
     pub state: VpState,
     /// A context handed over by StartVirtualProcessor, to load before running.
-    pub pending_start: Option<InitialVpContext>,
+    pub pending_start: Option<(Vtl, InitialVpContext)>,
     /// The host asked to cancel the current or next run.
     pub cancel: bool,
     /// The run protocol's part ([`crate::run_state`]).
     pub run: RunState,
     pub initial_apic_id: u32,
-    pub vp_assist_page: u64,
+    /// HV_X64_MSR_VP_ASSIST_PAGE, per VTL.
+    pub vp_assist_page: [u64; 3],
+    /// vCPUs of newly enabled VTLs, not yet taken by the VP's thread.
+    pub new_vtls: Vec<VtlVcpu>,
 }
 
 impl VpInner {
@@ -41,7 +54,8 @@ impl VpInner {
             cancel: false,
             run: RunState::default(),
             initial_apic_id,
-            vp_assist_page: 0,
+            vp_assist_page: [0; 3],
+            new_vtls: Vec::new(),
         }
     }
 }
@@ -72,6 +86,8 @@ pub(crate) struct VpShared {
     pub tsc_hz: u64,
     /// The VP lock, its condition variable and its kicker.
     pub gate: RunGate<VpInner, VpKicker>,
+    /// The partition's VSM state, for the VSM registers.
+    pub vsm: Arc<VsmShared>,
 }
 
 impl VpShared {
@@ -89,6 +105,9 @@ impl VpShared {
             Synthetic::VsmVpStatus => {
                 hv_regs::VsmVpStatus::new(g.state.active_vtl(), g.state.enabled_vtls()).0
             }
+            Synthetic::VsmPartitionStatus => self.vsm.status(),
+            Synthetic::VsmCapabilities => VSM_CAPABILITIES,
+            Synthetic::VsmCodePageOffsets => crate::hyperv::VSM_CODE_PAGE_OFFSETS.0,
             Synthetic::InitialApicId => g.initial_apic_id as u64,
         }
     }
@@ -106,7 +125,11 @@ impl VpShared {
                 return Err(HvError::INVALID_VP_STATE)
             }
             Synthetic::InitialApicId => g.initial_apic_id = value as u32,
-            Synthetic::VpIndex | Synthetic::VsmVpStatus => return Err(HvError::ACCESS_DENIED),
+            Synthetic::VpIndex
+            | Synthetic::VsmVpStatus
+            | Synthetic::VsmPartitionStatus
+            | Synthetic::VsmCapabilities
+            | Synthetic::VsmCodePageOffsets => return Err(HvError::ACCESS_DENIED),
         }
         let suspended = g.state.suspended();
         drop(g);

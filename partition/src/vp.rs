@@ -9,7 +9,7 @@ use std::time::Instant;
 use exit_decoder::{decode, enable_sync_regs, Access, CallerMode, VpExit};
 
 use crate::hyperv::HYPERCALL_PORT;
-use hv_defs::{HvError, HvRegisterValue, InitialVpContext, VpIndex};
+use hv_defs::{HvError, HvRegisterValue, InitialVpContext, VpIndex, Vtl};
 use hv_regs::{AccessError, HvRegisterName, Synthetic, VcpuRegisters};
 use kvm_bindings::{
     kvm_debugregs, kvm_mp_state, kvm_regs, kvm_sregs, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
@@ -105,7 +105,21 @@ pub struct Vp {
     port_write: [u8; 4],
     /// The last translation of the hypercall page's linear address, so that a
     /// hypercall costs no KVM_TRANSLATE while the paging state is the same.
-    page_translation: Cell<Option<PageTranslation>>,
+    pub(crate) page_translation: Cell<Option<PageTranslation>>,
+    /// The VTL whose vCPU `vcpu` is (the active VTL once the VP runs).
+    pub(crate) vtl: Vtl,
+    /// The vCPUs of the VP's other enabled VTLs, by VTL.
+    pub(crate) parked: [Option<Parked>; 3],
+}
+
+/// A vCPU of a VTL that is not running on the VP now.
+#[derive(Debug)]
+pub(crate) struct Parked {
+    pub vcpu: VcpuFd,
+    /// Whether its `kvm_run` holds registers KVM synced at an exit.
+    pub synced: bool,
+    /// The EnableVpVtl context, until the VTL's first entry.
+    pub first_entry: Option<InitialVpContext>,
 }
 
 impl Drop for Vp {
@@ -121,7 +135,7 @@ impl Drop for Vp {
 
 /// A linear page and the GPA page it mapped to under one paging state.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-struct PageTranslation {
+pub(crate) struct PageTranslation {
     paging: [u64; 4],
     linear_page: u64,
     gpa_page: u64,
@@ -253,6 +267,7 @@ impl Vp {
             .map_err(VpError::kvm("KVM_SET_MSRS (IA32_MTRR_DEF_TYPE)"))?;
         }
         let wrote_regs = Cell::new(false);
+        let vtl = partition.boot_vtl();
         // The kvm_run mapping stays where it is for the VcpuFd's life; Drop for
         // Vp withdraws the pointer.
         let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
@@ -270,6 +285,8 @@ impl Vp {
             wrote_regs,
             port_write: [0; 4],
             page_translation: Cell::new(None),
+            vtl,
+            parked: [None, None, None],
         })
     }
 
@@ -289,6 +306,17 @@ impl Vp {
     pub fn vcpu_mut(&mut self) -> &mut VcpuFd {
         self.flush_sync_regs();
         &mut self.vcpu
+    }
+
+    /// Makes `incoming` the running vCPU (its `kvm_run` synced or not, as
+    /// `synced` says) and hands back the one that ran in it, with whether its
+    /// `kvm_run` was synced. A result pending in the synced registers is
+    /// loaded into the outgoing vCPU first.
+    pub(crate) fn replace_vcpu(&mut self, incoming: &mut VcpuFd, synced: bool) -> bool {
+        self.flush_sync_regs();
+        std::mem::swap(&mut self.vcpu, incoming);
+        self.wrote_regs.set(false);
+        std::mem::replace(&mut self.synced, synced)
     }
 
     /// Loads RAX still pending in the synced registers with KVM_SET_REGS, so that
@@ -321,6 +349,51 @@ impl Vp {
             shared: &self.shared,
             wrote_regs: &self.wrote_regs,
         }
+    }
+
+    /// Register access to the VP's vCPU in `vtl`: the running one, or a parked
+    /// one of another enabled VTL; `None` if the VP has no vCPU in `vtl`.
+    pub(crate) fn regs_of(&mut self, vtl: Vtl) -> Option<RegAccess<'_>> {
+        if vtl == self.vtl {
+            return Some(self.regs());
+        }
+        let parked = self.parked.get(vtl.0 as usize)?.as_ref()?;
+        Some(RegAccess {
+            vcpu: &parked.vcpu,
+            shared: &self.shared,
+            wrote_regs: &self.wrote_regs,
+        })
+    }
+
+    /// The VTL the VP runs in (its running vCPU's).
+    pub fn active_vtl(&self) -> Vtl {
+        self.vtl
+    }
+
+    /// Reads registers of the VP's vCPU in `vtl` by HV name (HvGetVpRegisters
+    /// with an input VTL, as the host calls it): `HV_STATUS_INVALID_VTL_STATE`
+    /// if the VP has no vCPU in `vtl`; otherwise as [`Self::get_registers`].
+    pub fn get_vtl_registers(
+        &mut self,
+        vtl: Vtl,
+        names: &[HvRegisterName],
+    ) -> Result<Vec<HvRegisterValue>, VpError> {
+        let regs = self.regs_of(vtl).ok_or(HvError::INVALID_VTL_STATE)?;
+        names
+            .iter()
+            .map(|&n| hv_regs::get_register(&regs, n).map_err(access_error))
+            .collect()
+    }
+
+    /// Writes registers of the VP's vCPU in `vtl` by HV name as one batch
+    /// (HvSetVpRegisters with an input VTL, as the host calls it).
+    pub fn set_vtl_registers(
+        &mut self,
+        vtl: Vtl,
+        values: &[(HvRegisterName, HvRegisterValue)],
+    ) -> Result<(), VpError> {
+        let regs = self.regs_of(vtl).ok_or(HvError::INVALID_VTL_STATE)?;
+        hv_regs::set_registers(&regs, values).map_err(|(_, e)| access_error(e))
     }
 
     /// Reads registers by HV name (HvGetVpRegisters, as the host calls it): a
@@ -392,7 +465,7 @@ impl Vp {
                     VpExit::MemoryAccess {
                         gpa,
                         access: Access::Write(_),
-                    } if this.partition.hypercall_overlay() == Some(*gpa & !0xFFF) => {
+                    } if this.partition.overlay_of(this.vtl) == Some(*gpa & !0xFFF) => {
                         Next::OverlayWrite(*gpa)
                     }
                     VpExit::MsrAccess(_) if msr_served => Next::Continue,
@@ -518,7 +591,7 @@ impl Vp {
     /// when it reports it, so the #GP is taken after the writing instruction):
     /// [`Handled::Served`]. Any other GPA is [`Handled::NotMine`].
     pub fn serve_memory_write(&mut self, gpa: u64) -> Handled {
-        if self.partition.hypercall_overlay() != Some(gpa & !0xFFF) {
+        if self.partition.overlay_of(self.vtl) != Some(gpa & !0xFFF) {
             return Handled::NotMine;
         }
         self.inject_exception(VECTOR_GP, Some(0));
@@ -540,9 +613,18 @@ impl Vp {
                 g.cancel = false;
                 return Some(VpExit::Canceled);
             }
-            if let Some(ctx) = g.pending_start.take() {
+            if !g.new_vtls.is_empty() {
+                let new = std::mem::take(&mut g.new_vtls);
                 drop(g);
-                if let Err(e) = self.load_start_context(&ctx) {
+                self.take_vtl_vcpus(new);
+                continue;
+            }
+            if let Some((vtl, ctx)) = g.pending_start.take() {
+                drop(g);
+                let loaded = self
+                    .activate_for_start(vtl)
+                    .and_then(|()| self.load_start_context(&ctx));
+                if let Err(e) = loaded {
                     log::error!("VP {}: cannot load its start context: {e}", self.index().0);
                     let errno = match e {
                         VpError::Kvm { source, .. } => source.errno(),
@@ -649,7 +731,7 @@ impl Vp {
     /// hypercall page (so the guest OS id is set: clearing it disables the page)
     /// executed at CPL 0 in protected mode.
     fn trap(&self) -> Trap {
-        let Some(page) = self.partition.hypercall_overlay() else {
+        let Some(page) = self.partition.overlay_of(self.vtl) else {
             return Trap::PortIo;
         };
         let sync = self.vcpu.sync_regs();
@@ -682,9 +764,13 @@ impl Vp {
         } else {
             linear
         };
-        // KVM reports the OUT's own RIP, or (PVM) the RIP after it: offset 0 or 2
-        // of the page, whose only port instruction is the 2-byte OUT at 0.
-        if gpa != page && gpa != page + 2 {
+        // KVM reports the OUT's own RIP, or (PVM) the RIP after it: the offset
+        // of one of the page's 2-byte OUTs, or 2 past it.
+        let at = gpa.wrapping_sub(page);
+        if !crate::hyperv::TRAP_OFFSETS
+            .iter()
+            .any(|&o| at == o || at == o + 2)
+        {
             return Trap::PortIo;
         }
         match CallerMode::of(&regs, &sregs) {

@@ -67,9 +67,7 @@ fn a_vmm_with_its_own_vm_vcpu_and_run_loop() {
         PartitionConfig {
             max_vps: 1,
             memory: vec![(0, RAM)],
-            hyperv: Some(HyperVConfig {
-                boot_vtl: Vtl::VTL0,
-            }),
+            hyperv: Some(HyperVConfig::booting_in(Vtl::VTL0)),
             cpuid_masks: vec![],
         },
         PartitionOptions {

@@ -616,7 +616,7 @@ fn a_boot_vtl_above_2_is_refused() {
         let r = Partition::new(PartitionConfig {
             max_vps: 1,
             memory: vec![(0, RAM)],
-            hyperv: Some(HyperVConfig { boot_vtl: Vtl(vtl) }),
+            hyperv: Some(HyperVConfig::booting_in(Vtl(vtl))),
             cpuid_masks: vec![],
         });
         assert!(

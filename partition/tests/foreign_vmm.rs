@@ -145,9 +145,7 @@ fn an_outside_vmm_with_its_own_loops_and_the_default_kick() {
         PartitionConfig {
             max_vps: 2,
             memory: vec![(0, RAM)],
-            hyperv: Some(HyperVConfig {
-                boot_vtl: Vtl::VTL0,
-            }),
+            hyperv: Some(HyperVConfig::booting_in(Vtl::VTL0)),
             cpuid_masks: vec![],
         },
         PartitionOptions {

@@ -446,13 +446,15 @@ fn hostile_hypercalls_get_their_status_and_the_partition_keeps_running() {
             0x06,
             0,
         ),
+        // HvRegisterVpIndex is the same in every VTL of the VP: served for a
+        // lower input VTL (TLFS HV_INPUT_VTL; "Virtual Secure Mode").
         (
-            "input VTL below the caller's",
+            "a shared register at an input VTL below the caller's",
             rep(0x50, 1),
             base + 0xD00,
             out + 0x300,
-            0x51,
-            0,
+            0x00,
+            1,
         ),
         (
             "input VTL the caller's own",
@@ -470,12 +472,15 @@ fn hostile_hypercalls_get_their_status_and_the_partition_keeps_running() {
             0x00,
             2,
         ),
+        // VTL 3 is not enabled for the partition (an x64 partition has VTLs 0
+        // to 2): TLFS HvCallEnableVpVtl, "it must first be enabled for the
+        // partition".
         (
-            "enable a VTL above the caller's",
+            "enable a VTL the partition has not enabled",
             0x0F,
             base + 0x600,
             0,
-            0x06,
+            0x05,
             0,
         ),
         ("partition id", 0x46, 0, out + 0x100, 0x00, 0),

@@ -133,17 +133,27 @@ fn create_vp_follows_hvcreatevp_rules() {
             .map_err(|e| e.status()),
         Err(HvError::INVALID_REGISTER_VALUE)
     );
+    let ctx = ctx64(CODE, 0);
     assert_eq!(
-        p.enable_vp_vtl(vp(1), Vtl::VTL0),
+        p.enable_vp_vtl(vp(1), Vtl::VTL0, &ctx),
         Err(HvError::VTL_ALREADY_ENABLED)
     );
     assert_eq!(
-        p.enable_vp_vtl(vp(1), Vtl(3)),
+        p.enable_vp_vtl(vp(1), Vtl(3), &ctx),
         Err(HvError::INVALID_PARAMETER)
     );
-    assert_eq!(p.enable_vp_vtl(vp(1), Vtl::VTL1), Ok(()));
+    // Not enabled for the partition (TLFS HvCallEnableVpVtl: "it must first
+    // be enabled for the partition"); this one's maximum VTL is 0.
     assert_eq!(
-        p.enable_vp_vtl(vp(4), Vtl::VTL1),
+        p.enable_vp_vtl(vp(1), Vtl::VTL1, &ctx),
+        Err(HvError::INVALID_PARAMETER)
+    );
+    assert_eq!(
+        p.enable_partition_vtl(Vtl::VTL1).map_err(|e| e.status()),
+        Err(HvError::INVALID_PARAMETER)
+    );
+    assert_eq!(
+        p.enable_vp_vtl(vp(4), Vtl::VTL1, &ctx),
         Err(HvError::INVALID_VP_INDEX)
     );
     assert!(matches!(

@@ -289,9 +289,7 @@ fn run(args: Args) -> Result<i32, VmmError> {
     }
     let hyperv = match args.hyperv {
         HyperV::Off => None,
-        HyperV::Vtl2 => Some(HyperVConfig {
-            boot_vtl: Vtl::VTL2,
-        }),
+        HyperV::Vtl2 => Some(HyperVConfig::booting_in(Vtl::VTL2)),
     };
     let pvm = pvm::is_pvm_host();
     let mut cmdline = args.cmdline.clone();

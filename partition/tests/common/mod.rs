@@ -45,7 +45,7 @@ pub fn partition_with(
     let p = Partition::new(PartitionConfig {
         max_vps,
         memory: vec![(0, RAM)],
-        hyperv: hyperv.map(|boot_vtl| HyperVConfig { boot_vtl }),
+        hyperv: hyperv.map(HyperVConfig::booting_in),
         cpuid_masks,
     })
     .unwrap_or_else(|e| panic!("{e}: the partition tests need /dev/kvm"));

@@ -1,0 +1,449 @@
+//! Virtual Secure Mode on the real `/dev/kvm`: a guest of this test's own that
+//! enables VTL 1, enters it with HvCallVtlCall through the hypercall page and
+//! comes back with HvCallVtlReturn, checking what the TLFS says each VTL keeps
+//! and shares ("Virtual Secure Mode": "VTL Entry and Exit", "Virtual
+//! Processor State Isolation", the VSM registers; HvCallEnablePartitionVtl,
+//! HvCallEnableVpVtl, HvCallVtlCall, HvCallVtlReturn). VTL 1 runs in a KVM VM
+//! of its own, on the same VP thread.
+
+mod common;
+
+use std::sync::mpsc::channel;
+use std::sync::Arc;
+
+use common::*;
+use hv_defs::vsm::{VsmCodePageOffsets, VsmPartitionStatus};
+use hv_defs::{EnableVpVtlInput, HvError, HvStatus, InitialVpContext, PartitionId, VpIndex, Vtl};
+use hv_partition::{HyperVConfig, Partition, PartitionConfig};
+use vm_memory::{Bytes, GuestAddress};
+use zerocopy::IntoBytes;
+
+/// VTL 1's code, stack, GDT copy and PML4 copy; its hypercall and assist pages.
+const VTL1_CODE: u64 = 0x30000;
+const VTL1_STACK: u64 = 0x2F000;
+const VTL1_GDT: u64 = 0x8800;
+const VTL1_PML4: u64 = 0x9800;
+const VTL1_HYPERCALL: u64 = 0x6000;
+const VTL1_ASSIST: u64 = 0x50000;
+const IDTR: u64 = 0x2FF0;
+const IDT: u64 = 0x3000;
+/// The guest's #UD handler (in VTL 0's code blob).
+const UD_HANDLER: u64 = CODE + 0x800;
+
+std::arch::global_asm!(
+    r#"
+    .pushsection .rodata.hvkvm_vsm_guest, "a"
+    .globl hvkvm_vsm_vtl0_start
+hvkvm_vsm_vtl0_start:
+    .code64
+    lidt [{idtr}]
+    // The guest OS id and VTL 0's hypercall page.
+    mov ecx, 0x40000000
+    mov eax, 1
+    mov edx, 0x81000000
+    wrmsr
+    mov ecx, 0x40000001
+    mov eax, {hc0} + 1
+    xor edx, edx
+    wrmsr
+    // Discovery: CPUID 0x40000003 EBX (privileges).
+    mov eax, 0x40000003
+    xor ecx, ecx
+    cpuid
+    mov eax, ebx
+    out 0x30, eax
+    // GetVpRegisters of the four VSM registers (rep 4).
+    mov rcx, 0x0000000400000050
+    mov edx, {data}
+    mov r8d, {data} + 0x1000
+    mov eax, {hc0}
+    call rax
+    out 0x31, eax
+    // EnableVpVtl(self, 1) before the partition has VTL 1.
+    mov ecx, 0x0F
+    mov edx, {data} + 0x100
+    xor r8d, r8d
+    mov eax, {hc0}
+    call rax
+    out 0x32, eax
+    // EnablePartitionVtl(1) with EnableMbec.
+    mov ecx, 0x0D
+    mov edx, {data} + 0x200
+    xor r8d, r8d
+    mov eax, {hc0}
+    call rax
+    out 0x33, eax
+    // A VTL call with no higher VTL enabled: #UD (the handler reports 6 on
+    // port 0x3F and returns past the call).
+    xor ecx, ecx
+    mov eax, {hc0} + 0x10
+    call rax
+    // EnablePartitionVtl(1), fast: RDX = partition, R8 = VTL and flags.
+    mov ecx, 0x1000D
+    mov rdx, -1
+    mov r8d, 1
+    mov eax, {hc0}
+    call rax
+    out 0x34, eax
+    mov ecx, 0x1000D
+    mov rdx, -1
+    mov r8d, 1
+    mov eax, {hc0}
+    call rax
+    out 0x35, eax
+    // EnableVpVtl(self, 1, VTL 1's context).
+    mov ecx, 0x0F
+    mov edx, {data} + 0x100
+    xor r8d, r8d
+    mov eax, {hc0}
+    call rax
+    out 0x36, eax
+    mov ecx, 0x0F
+    mov edx, {data} + 0x100
+    xor r8d, r8d
+    mov eax, {hc0}
+    call rax
+    out 0x37, eax
+    // GetVpRegisters naming VTL 1 (above the caller's): ACCESS_DENIED.
+    mov rcx, 0x0000000100000050
+    mov edx, {data} + 0x400
+    mov r8d, {data} + 0x1300
+    mov eax, {hc0}
+    call rax
+    out 0x38, eax
+    // A VTL return from VTL 0: #UD.
+    xor ecx, ecx
+    mov eax, {hc0} + 0x20
+    call rax
+    // A VTL call with a reserved control bit: #UD.
+    mov ecx, 1
+    mov eax, {hc0} + 0x10
+    call rax
+    // The VTL call: shared and private state set first.
+    mov ecx, 0xC0000082
+    mov eax, 0xAAAA0000
+    xor edx, edx
+    wrmsr
+    mov rbx, 0x1111
+    mov rdx, 0x3333
+    xor ecx, ecx
+    mov eax, {hc0} + 0x10
+    call rax
+    // Back in VTL 0 after VTL 1's non-fast return.
+    out 0x40, eax
+    mov eax, ecx
+    out 0x41, eax
+    mov eax, ebx
+    out 0x42, eax
+    mov eax, edx
+    out 0x43, eax
+    mov ecx, 0xC0000082
+    rdmsr
+    out 0x45, eax
+    mov rax, cr3
+    out 0x46, eax
+    mov rax, cr2
+    out 0x47, eax
+    // The second VTL call resumes VTL 1 after its return sequence; it comes
+    // back with a fast return.
+    xor ecx, ecx
+    mov eax, {hc0} + 0x10
+    call rax
+    out 0x48, eax
+    mov eax, ebx
+    out 0x49, eax
+    out 0x1F, eax
+2:  jmp 2b
+
+    .balign 16
+    .globl hvkvm_vsm_vtl0_end
+hvkvm_vsm_vtl0_end:
+
+    .globl hvkvm_vsm_ud_start
+hvkvm_vsm_ud_start:
+    mov eax, 6
+    out 0x3F, eax
+    iretq
+    .globl hvkvm_vsm_ud_end
+hvkvm_vsm_ud_end:
+
+    .globl hvkvm_vsm_vtl1_start
+hvkvm_vsm_vtl1_start:
+    // First entry at the EnableVpVtl context's RIP.
+    mov eax, 1
+    out 0x50, eax
+    mov rax, cr3
+    out 0x51, eax
+    // VTL 1's own guest OS id, hypercall page and VP assist page.
+    mov ecx, 0x40000000
+    mov eax, 1
+    mov edx, 0x81000000
+    wrmsr
+    mov ecx, 0x40000001
+    mov eax, {hc1} + 1
+    xor edx, edx
+    wrmsr
+    mov ecx, 0x40000073
+    mov eax, {assist} + 1
+    xor edx, edx
+    wrmsr
+    // VsmVpStatus in VTL 1, then VTL 0's RIP, CR3 and LSTAR by input VTL.
+    mov rcx, 0x0000000100000050
+    mov edx, {data} + 0x300
+    mov r8d, {data} + 0x1100
+    mov eax, {hc1}
+    call rax
+    out 0x52, eax
+    mov rcx, 0x0000000300000050
+    mov edx, {data} + 0x380
+    mov r8d, {data} + 0x1200
+    mov eax, {hc1}
+    call rax
+    out 0x53, eax
+    // What VTL 0 left in the shared registers.
+    mov eax, ebx
+    out 0x54, eax
+    // Private state of VTL 1's own, and shared state for VTL 0.
+    mov ecx, 0xC0000082
+    mov eax, 0xBBBB0000
+    xor edx, edx
+    wrmsr
+    mov rbx, 0x2222
+    mov rdx, 0x4444
+    mov rsi, 0x7000
+    mov cr2, rsi
+    // A non-fast return: VTL 0's RAX and RCX from the control area.
+    mov qword ptr [{assist} + 16], 0x7777
+    mov qword ptr [{assist} + 24], 0x8888
+    xor ecx, ecx
+    mov eax, {hc1} + 0x20
+    call rax
+    // The next VTL call resumes here, after the return sequence.
+    mov eax, dword ptr [{assist} + 8]
+    out 0x56, eax
+    mov ecx, 0xC0000082
+    rdmsr
+    out 0x57, eax
+    mov rbx, 0x5555
+    // A fast return: VTL 0 keeps RAX and RCX as they are at the return.
+    mov ecx, 1
+    mov eax, {hc1} + 0x20
+    call rax
+3:  jmp 3b
+    .globl hvkvm_vsm_vtl1_end
+hvkvm_vsm_vtl1_end:
+    .popsection
+"#,
+    idtr = const IDTR,
+    hc0 = const HYPERCALL_PAGE,
+    hc1 = const VTL1_HYPERCALL,
+    data = const DATA,
+    assist = const VTL1_ASSIST,
+);
+
+extern "C" {
+    static hvkvm_vsm_vtl0_start: u8;
+    static hvkvm_vsm_vtl0_end: u8;
+    static hvkvm_vsm_ud_start: u8;
+    static hvkvm_vsm_ud_end: u8;
+    static hvkvm_vsm_vtl1_start: u8;
+    static hvkvm_vsm_vtl1_end: u8;
+}
+
+fn blob(start: &'static u8, end: &'static u8) -> &'static [u8] {
+    let (s, e) = (start as *const u8, end as *const u8);
+    // SAFETY: both symbols are defined by the global_asm! above, in one
+    // read-only section, `end` after `start`; the bytes between them are
+    // initialized.
+    unsafe { std::slice::from_raw_parts(s, e as usize - s as usize) }
+}
+
+fn put(p: &Partition, gpa: u64, bytes: &[u8]) {
+    p.memory().write_slice(bytes, GuestAddress(gpa)).unwrap();
+}
+
+fn registers_input(vtl: u8, names: &[u32]) -> Vec<u8> {
+    let mut b = PartitionId::SELF.0.to_le_bytes().to_vec();
+    b.extend(VpIndex::SELF.0.to_le_bytes());
+    b.extend([vtl, 0, 0, 0]);
+    for n in names {
+        b.extend(n.to_le_bytes());
+    }
+    b
+}
+
+/// A partition booting in VTL 0 whose guest may enable VTLs up to 2.
+fn vsm_partition() -> Arc<Partition> {
+    let p = Partition::new(PartitionConfig {
+        max_vps: 2,
+        memory: vec![(0, RAM)],
+        hyperv: Some(HyperVConfig {
+            boot_vtl: Vtl::VTL0,
+            max_vtl: Vtl::VTL2,
+        }),
+        cpuid_masks: vec![],
+    })
+    .unwrap_or_else(|e| panic!("{e}: the VSM tests need /dev/kvm"));
+    write_tables(p.memory());
+    p
+}
+
+fn setup_guest(p: &Partition) {
+    let (vtl0, ud, vtl1) =
+        // SAFETY: the statics are symbols the global_asm! above defines (read
+        // only by address here); `blob` reads the bytes between them.
+        unsafe {
+        (
+            blob(&hvkvm_vsm_vtl0_start, &hvkvm_vsm_vtl0_end),
+            blob(&hvkvm_vsm_ud_start, &hvkvm_vsm_ud_end),
+            blob(&hvkvm_vsm_vtl1_start, &hvkvm_vsm_vtl1_end),
+        )
+    };
+    assert!(vtl0.len() < 0x800);
+    put(p, CODE, vtl0);
+    put(p, UD_HANDLER, ud);
+    put(p, VTL1_CODE, vtl1);
+    // VTL 0's IDT: a #UD gate to the handler.
+    let mut gate = [0u8; 16];
+    gate[0..2].copy_from_slice(&(UD_HANDLER as u16).to_le_bytes());
+    gate[2..4].copy_from_slice(&0x10u16.to_le_bytes());
+    gate[5] = 0x8E;
+    gate[6..8].copy_from_slice(&((UD_HANDLER >> 16) as u16).to_le_bytes());
+    put(p, IDT + 6 * 16, &gate);
+    let mut idtr = 0xFFFu16.to_le_bytes().to_vec();
+    idtr.extend(IDT.to_le_bytes());
+    put(p, IDTR, &idtr);
+    // VTL 1's own GDT and PML4 (copies over the same page tables).
+    let mut gdt = [0u8; 32];
+    p.memory().read_slice(&mut gdt, GuestAddress(GDT)).unwrap();
+    put(p, VTL1_GDT, &gdt);
+    put(p, VTL1_PML4, &(PDPT | 3).to_le_bytes());
+    // Hypercall inputs (see the guest).
+    put(
+        p,
+        DATA,
+        &registers_input(0, &[0x000D_0003, 0x000D_0004, 0x000D_0006, 0x000D_0002]),
+    );
+    let ctx = InitialVpContext::long_mode(VTL1_CODE, VTL1_STACK, VTL1_PML4)
+        .with_gdt(VTL1_GDT, 0x1F)
+        .with_tss(TSS);
+    let enable = EnableVpVtlInput {
+        partition_id: PartitionId::SELF,
+        vp_index: VpIndex::SELF,
+        target_vtl: Vtl::VTL1,
+        rsvdz: [0; 3],
+        vp_vtl_context: ctx,
+    };
+    put(p, DATA + 0x100, enable.as_bytes());
+    let mut mbec = PartitionId::SELF.0.to_le_bytes().to_vec();
+    mbec.extend([1u8, 1, 0, 0, 0, 0, 0, 0]);
+    put(p, DATA + 0x200, &mbec);
+    put(p, DATA + 0x300, &registers_input(0, &[0x000D_0003]));
+    // RIP, CR3, LSTAR of VTL 0 (HV_INPUT_VTL: use-target bit 4, VTL 0).
+    put(
+        p,
+        DATA + 0x380,
+        &registers_input(0x10, &[0x0002_0010, 0x0004_0002, 0x0008_0009]),
+    );
+    put(p, DATA + 0x400, &registers_input(0x11, &[0x000D_0003]));
+}
+
+fn run(p: &Arc<Partition>) -> Vec<(u16, u32)> {
+    let mut v0 = p.create_vp(vp(0)).unwrap();
+    v0.set_registers(&bsp_registers(CODE, stack(0))).unwrap();
+    p.set_explicit_suspend(vp(0), false).unwrap();
+    let (tx, rx) = channel();
+    let t = std::thread::spawn(move || run_reporting(v0, tx));
+    let got: Vec<(u16, u32)> = rx.iter().map(|r| (r.port, r.value)).collect();
+    let v0 = t.join().expect("VP thread");
+    drop(v0);
+    got
+}
+
+fn value(p: &Partition, gpa: u64) -> u64 {
+    p.memory().read_obj(GuestAddress(gpa)).unwrap()
+}
+
+#[test]
+fn vtl1_is_entered_by_vtl_call_and_keeps_its_own_state() {
+    let p = vsm_partition();
+    setup_guest(&p);
+    let got = run(&p);
+    let port = |n: u16| -> Vec<u32> {
+        got.iter()
+            .filter(|(q, _)| *q == n)
+            .map(|&(_, v)| v)
+            .collect()
+    };
+    let one = |n: u16| -> u32 {
+        let v = port(n);
+        assert_eq!(v.len(), 1, "port {n:#x}: {v:x?} (all: {got:x?})");
+        v[0]
+    };
+    let status = |n: u16| HvStatus(one(n) as u16);
+    // Discovery (TLFS "Feature Discovery": AccessVsm bit 16, AccessVpRegisters
+    // bit 17 of CPUID 0x40000003 EBX).
+    assert_eq!(one(0x30) & (3 << 16), 3 << 16);
+    assert_eq!(status(0x31), HvStatus::SUCCESS);
+    // VsmVpStatus: ActiveVtl 0, EnabledVtlSet {0} (TLFS VSM registers).
+    assert_eq!(value(&p, DATA + 0x1000), 1 << 16);
+    // VsmPartitionStatus: EnabledVtlSet {0}, MaximumVtl 2.
+    assert_eq!(
+        value(&p, DATA + 0x1010),
+        VsmPartitionStatus::new(1, Vtl::VTL2).0
+    );
+    // VsmCapabilities: no Dr6Shared, no MBEC VTLs.
+    assert_eq!(value(&p, DATA + 0x1020), 0);
+    // VsmCodePageOffsets: inside the page, the call's before the return's.
+    let o = VsmCodePageOffsets(value(&p, DATA + 0x1030));
+    assert_eq!((o.vtl_call(), o.vtl_return()), (0x10, 0x20));
+    // HvCallEnableVpVtl: "To enable a VTL on a VP, it must first be enabled for
+    // the partition".
+    assert_eq!(status(0x32), HvError::INVALID_PARAMETER.status());
+    // EnableMbec: MBEC cannot be expressed on stock KVM.
+    assert_eq!(status(0x33), HvError::INVALID_PARAMETER.status());
+    // EnablePartitionVtl(1) fast, then again.
+    assert_eq!(status(0x34), HvStatus::SUCCESS);
+    assert_eq!(status(0x35), HvError::VTL_ALREADY_ENABLED.status());
+    // EnableVpVtl, then again ("will fail if called to enable a VTL that is
+    // already enabled for a VP").
+    assert_eq!(status(0x36), HvStatus::SUCCESS);
+    assert_eq!(status(0x37), HvError::VTL_ALREADY_ENABLED.status());
+    // A lower VTL cannot read a higher VTL's state.
+    assert_eq!(status(0x38), HvError::ACCESS_DENIED.status());
+    // #UD (TLFS HvCallVtlCall / HvCallVtlReturn): a call with no higher VTL
+    // enabled, a return from VTL 0, a reserved control bit.
+    assert_eq!(port(0x3F), vec![6, 6, 6]);
+    // VTL 1's first entry at its context's RIP, with its own CR3.
+    assert_eq!(one(0x50), 1);
+    assert_eq!(one(0x51) as u64, VTL1_PML4);
+    assert_eq!(status(0x52), HvStatus::SUCCESS);
+    // VsmVpStatus inside VTL 1: ActiveVtl 1, EnabledVtlSet {0, 1}.
+    assert_eq!(value(&p, DATA + 0x1100), 1 | (0b11 << 16));
+    // VTL 0's private state read from VTL 1 by input VTL: RIP at the call
+    // sequence's RET, VTL 0's CR3 and LSTAR.
+    assert_eq!(status(0x53), HvStatus::SUCCESS);
+    assert_eq!(value(&p, DATA + 0x1200), HYPERCALL_PAGE + 0x1A);
+    assert_eq!(value(&p, DATA + 0x1210), PML4);
+    assert_eq!(value(&p, DATA + 0x1220), 0xAAAA_0000);
+    // Shared: the GPRs and XMM registers VTL 0 set.
+    assert_eq!(one(0x54), 0x1111);
+    // Back in VTL 0 after a non-fast return: RAX and RCX from VTL 1's control
+    // area; RBX, RDX, XMM1 and CR2 as VTL 1 left them (shared); LSTAR and CR3
+    // VTL 0's own (private).
+    assert_eq!(one(0x40), 0x7777);
+    assert_eq!(one(0x41), 0x8888);
+    assert_eq!(one(0x42), 0x2222);
+    assert_eq!(one(0x43), 0x4444);
+    assert_eq!(one(0x45), 0xAAAA_0000);
+    assert_eq!(one(0x46) as u64, PML4);
+    assert_eq!(one(0x47), 0x7000);
+    // The second call resumed VTL 1 after its return sequence, with entry
+    // reason 1 (VTL call) in its VP assist page; its LSTAR kept.
+    assert_eq!(one(0x56), 1);
+    assert_eq!(one(0x57), 0xBBBB_0000);
+    // A fast return leaves RAX as it was at the return (the sequence's
+    // control input, 1), not the control area's 0x7777.
+    assert_eq!(one(0x48), 1);
+    assert_eq!(one(0x49), 0x5555);
+}
