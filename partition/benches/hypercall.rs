@@ -2,6 +2,9 @@
 //! page) next to the same guest loop calling a page that exits with a bare port
 //! write. The guest instructions are identical; only what the VMM does per exit
 //! differs. One iteration is a batch of 100 exits: divide by 100 for one.
+//! The third case is a VTL call into VTL 1 and its VTL return (two VTL
+//! switches, each a completion KVM_RUN, the shared-state copy and the other
+//! vCPU's KVM_RUN) per iteration of the same loop.
 //!
 //! `cargo bench -p partition --bench hypercall` (needs /dev/kvm).
 
@@ -68,14 +71,14 @@ fn registers(rip: u64) -> Vec<(N, HvRegisterValue)> {
     ]
 }
 
-/// start: mov rbx, BATCH; loop: mov rcx, 0x10008; mov rax, page; call rax;
+/// start: mov rbx, BATCH; loop: mov rcx, control; mov rax, page; call rax;
 /// dec rbx; jnz loop; out DONE_PORT, eax; jmp start
-fn loop_code(page: u64) -> Vec<u8> {
+fn loop_code(page: u64, control: u64) -> Vec<u8> {
     let mut c = vec![0x48, 0xBB];
     c.extend(BATCH.to_le_bytes());
     let top = c.len();
     c.extend([0x48, 0xB9]);
-    c.extend(0x1_0008u64.to_le_bytes());
+    c.extend(control.to_le_bytes());
     c.extend([0x48, 0xB8]);
     c.extend(page.to_le_bytes());
     c.extend([0xFF, 0xD0, 0x48, 0xFF, 0xCB, 0x75]);
@@ -89,7 +92,10 @@ fn setup() -> (Arc<Partition>, Vp) {
     let p = Partition::new(PartitionConfig {
         max_vps: 1,
         memory: vec![(0, 4 << 20)],
-        hyperv: Some(HyperVConfig::booting_in(Vtl::VTL0)),
+        hyperv: Some(HyperVConfig {
+            boot_vtl: Vtl::VTL0,
+            max_vtl: Vtl::VTL1,
+        }),
         cpuid_masks: vec![],
     })
     .expect("the benchmark needs /dev/kvm");
@@ -126,39 +132,63 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("exit round trip");
     g.throughput(Throughput::Elements(BATCH));
     g.sample_size(20);
-    for (name, page, hyperv_setup) in [
-        ("bare port-I/O exit", BARE_PAGE, false),
-        ("null hypercall", HYPERCALL_PAGE, true),
+    for (name, page, control, hyperv_setup) in [
+        ("bare port-I/O exit", BARE_PAGE, NULL_CALL, false),
+        ("null hypercall", HYPERCALL_PAGE, NULL_CALL, true),
+        ("VTL call + VTL return", HYPERCALL_PAGE + 0x10, 0, true),
     ] {
         let (p, mut vp) = setup();
         p.memory()
-            .write_slice(&loop_code(page), GuestAddress(CODE))
+            .write_slice(&loop_code(page, control), GuestAddress(CODE))
             .unwrap();
         vp.set_registers(&registers(CODE)).unwrap();
         p.set_explicit_suspend(VpIndex(0), false).unwrap();
         if hyperv_setup {
             // Enable the hypercall page the way a guest does, through the MSRs,
             // by running a short prologue first.
-            let prologue = [
-                0xB9, 0x00, 0x00, 0x00, 0x40, 0xB8, 0x00, 0x00, 0x00, 0x00, 0xBA, 0x00, 0x00, 0x00,
-                0x81, 0x0F, 0x30, // wrmsr GUEST_OS_ID = 0x8100_0000_0000_0000
-                0xB9, 0x01, 0x00, 0x00, 0x40, 0xB8, 0x01, 0x50, 0x00, 0x00, 0xBA, 0x00, 0x00, 0x00,
-                0x00, 0x0F, 0x30, // wrmsr HYPERCALL = 0x5001
-                0xE7, DONE_PORT,
-            ];
             p.memory()
-                .write_slice(&prologue, GuestAddress(CODE + 0x1000))
+                .write_slice(&hypercall_prologue(0x5001), GuestAddress(CODE + 0x1000))
                 .unwrap();
             vp.set_registers(&[(N::RIP, (CODE + 0x1000).into())])
                 .unwrap();
             batch(&mut vp);
             vp.set_registers(&[(N::RIP, CODE.into())]).unwrap();
         }
+        if control == 0 {
+            // VTL 1: its own hypercall page at 0x4000, then a loop of VTL
+            // returns (each VTL call resumes it after the return sequence).
+            let mut vtl1 = hypercall_prologue(0x4001);
+            vtl1.truncate(vtl1.len() - 2);
+            vtl1.extend([0x31, 0xC9, 0xB8, 0x20, 0x40, 0, 0, 0xFF, 0xD0, 0xEB, 0xF5]);
+            p.memory()
+                .write_slice(&vtl1, GuestAddress(CODE + 0x2000))
+                .unwrap();
+            p.enable_partition_vtl(Vtl::VTL1).unwrap();
+            let ctx = InitialVpContext::long_mode(CODE + 0x2000, STACK - 0x800, PML4)
+                .with_gdt(GDT, 0x1F)
+                .with_tss(0x7000);
+            p.enable_vp_vtl(VpIndex(0), Vtl::VTL1, &ctx).unwrap();
+        }
         g.bench_function(name, |b| b.iter(|| batch(&mut vp)));
         let s = p.stats();
         eprintln!("{name}: {s}");
     }
     g.finish();
+}
+
+/// HvCallNotifyLongSpinWait, fast.
+const NULL_CALL: u64 = 0x1_0008;
+
+/// wrmsr GUEST_OS_ID = 0x8100_0000_0000_0000; wrmsr HYPERCALL = `msr`; out
+/// DONE_PORT.
+fn hypercall_prologue(msr: u32) -> Vec<u8> {
+    let mut c = vec![
+        0xB9, 0x00, 0x00, 0x00, 0x40, 0xB8, 0x00, 0x00, 0x00, 0x00, 0xBA, 0x00, 0x00, 0x00, 0x81,
+        0x0F, 0x30, 0xB9, 0x01, 0x00, 0x00, 0x40, 0xB8,
+    ];
+    c.extend(msr.to_le_bytes());
+    c.extend([0xBA, 0x00, 0x00, 0x00, 0x00, 0x0F, 0x30, 0xE7, DONE_PORT]);
+    c
 }
 
 criterion_group!(benches, bench);

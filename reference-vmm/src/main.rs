@@ -41,6 +41,13 @@ enum HyperV {
     /// hypercall page; a CONFIG_HYPERV_VTL_MODE kernel starts its APs with
     /// HvCallStartVirtualProcessor. Adds `noxsave`, which VTL mode requires.
     Vtl2,
+    /// Microsoft Hyper-V with Virtual Secure Mode: the guest boots in VTL 0 and
+    /// may enable VTL 1 and VTL 2 (HvCallEnablePartitionVtl, HvCallEnableVpVtl,
+    /// HvCallVtlCall/VtlReturn through the hypercall page, the VSM registers;
+    /// each VTL a KVM VM of its own). No MBEC and no execute-only protection
+    /// (stock KVM cannot express them). APs start as without Hyper-V (the
+    /// mailbox, or `--ap-start init-sipi`). Adds `noxsave`.
+    Vsm,
 }
 
 /// How a guest without Hyper-V starts its APs.
@@ -290,6 +297,10 @@ fn run(args: Args) -> Result<i32, VmmError> {
     let hyperv = match args.hyperv {
         HyperV::Off => None,
         HyperV::Vtl2 => Some(HyperVConfig::booting_in(Vtl::VTL2)),
+        HyperV::Vsm => Some(HyperVConfig {
+            boot_vtl: Vtl::VTL0,
+            max_vtl: Vtl::VTL2,
+        }),
     };
     let pvm = pvm::is_pvm_host();
     let mut cmdline = args.cmdline.clone();
@@ -353,7 +364,10 @@ fn run(args: Args) -> Result<i32, VmmError> {
         None => None,
     };
     boot::write_page_tables_and_gdt(&mem)?;
-    let mp_wakeup = hyperv.is_none() && args.ap_start == ApStart::Mailbox;
+    // A guest booting in VTL 0 finds the mailbox; a VTL 2 kernel starts its
+    // APs with hypercalls.
+    let mp_wakeup =
+        hyperv.is_none_or(|h| h.boot_vtl == Vtl::VTL0) && args.ap_start == ApStart::Mailbox;
     let tables = acpi::build(&acpi::MadtConfig {
         apic_ids: (0..args.vcpus as u8).collect(),
         mp_wakeup,

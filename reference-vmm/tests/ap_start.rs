@@ -14,8 +14,13 @@ use std::time::Duration;
 use common::*;
 
 fn boot(kind: char, vcpus: u32) -> smp_guest::Report {
+    boot_with(kind, vcpus, &[])
+}
+
+fn boot_with(kind: char, vcpus: u32, extra: &[&str]) -> smp_guest::Report {
     let kernel = temp_file(&format!("smp-{kind}-{vcpus}.elf"), &smp_guest::image());
-    let args = smp_guest::args(&kernel, kind, vcpus, false);
+    let mut args = smp_guest::args(&kernel, kind, vcpus, false);
+    args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let r = vmm(&args, Duration::from_secs(120));
     assert_eq!(r.status, Some(0), "{}", r.tail());
@@ -43,6 +48,14 @@ fn aps_start_through_the_mailbox() {
 fn aps_start_through_guest_hypercalls() {
     let r = boot('h', 4);
     assert_eq!(r.signature, Some(0x3123_7648), "interface signature");
+}
+
+/// `--hyperv vsm`: the guest boots in VTL 0 with the Hyper-V interface and
+/// finds the mailbox, so its APs start through StartVirtualProcessor as
+/// without Hyper-V.
+#[test]
+fn aps_start_through_the_mailbox_in_vsm_mode() {
+    boot_with('m', 4, &["--hyperv", "vsm"]);
 }
 
 #[test]
