@@ -161,12 +161,18 @@ impl Vp {
                     }
                 }
             }
-            tsregs.cr2 = cr2;
-            v.set_sregs(&tsregs).map_err(kvm("KVM_SET_SREGS"))?;
+            // KVM_SET_SREGS resets the MMU: only for a first entry or a CR2
+            // the other VTL changed.
+            if next.first_entry.is_some() || tsregs.cr2 != cr2 {
+                tsregs.cr2 = cr2;
+                v.set_sregs(&tsregs).map_err(kvm("KVM_SET_SREGS"))?;
+            }
             v.set_regs(&tregs).map_err(kvm("KVM_SET_REGS"))?;
             let mut d = v.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?;
-            d.db = debug.db;
-            v.set_debug_regs(&d).map_err(kvm("KVM_SET_DEBUGREGS"))?;
+            if d.db != debug.db {
+                d.db = debug.db;
+                v.set_debug_regs(&d).map_err(kvm("KVM_SET_DEBUGREGS"))?;
+            }
             match (&xsave, &fpu) {
                 (Some(x), _) => {
                     // SAFETY: `x` was read by KVM_GET_XSAVE from a vCPU with
