@@ -41,7 +41,6 @@ static NEXT_PARTITION_ID: AtomicU64 = AtomicU64::new(1);
 pub struct Partition {
     pub(crate) kvm: Arc<Kvm>,
     pub(crate) vm: Arc<VmFd>,
-    pub(crate) memory: GuestMemoryMmap,
     pub(crate) config: PartitionConfig,
     pub(crate) options: PartitionOptions,
     pub(crate) supported_cpuid: CpuId,
@@ -70,6 +69,9 @@ pub struct Partition {
     /// one not yet created waits on `created` for its creation.
     expected: Mutex<u32>,
     created: Condvar,
+    /// Guest RAM; the last field, so it is unmapped after every VM of the
+    /// partition (each VTL's too) is closed.
+    pub(crate) memory: GuestMemoryMmap,
 }
 
 /// How long a call naming an expected but not yet created VP waits for it.
@@ -149,19 +151,7 @@ impl Partition {
             &memory,
             &(0..memory.num_regions() as u32).collect::<Vec<_>>(),
         )?;
-        for r in &ram {
-            let region = kvm_userspace_memory_region {
-                slot: r.slot,
-                flags: 0,
-                guest_phys_addr: r.gpa,
-                memory_size: r.len,
-                userspace_addr: r.host,
-            };
-            // SAFETY: the region is mapped for `len` bytes at `host` and is owned by
-            // `memory`, which the partition keeps for as long as the VM exists.
-            unsafe { vm.set_user_memory_region(region) }
-                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        register_ram(&vm, &ram)?;
         Ok((vm, memory, ram))
     }
 
@@ -509,19 +499,7 @@ impl Partition {
         }
         let kvm_err = |what| move |source| PartitionError::Kvm { what, source };
         let vm = self.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        for r in &self.ram {
-            let region = kvm_userspace_memory_region {
-                slot: r.slot,
-                flags: 0,
-                guest_phys_addr: r.gpa,
-                memory_size: r.len,
-                userspace_addr: r.host,
-            };
-            // SAFETY: the region is mapped for `len` bytes at `host` and is owned
-            // by the partition's `memory`, which outlives every VTL's VM.
-            unsafe { vm.set_user_memory_region(region) }
-                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        }
+        register_ram(&vm, &self.ram)?;
         apply_vm_policies(&self.kvm, &vm, &self.config, &self.options)?;
         let overlay = Overlay::new(&hyperv::HYPERCALL_PAGE, self.ram.clone(), None)
             .map_err(PartitionError::Overlay)?;
@@ -854,6 +832,26 @@ fn apply_vm_policies(
             vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &filter)
                 .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
         }
+    }
+    Ok(())
+}
+
+/// Registers the RAM slots in `vm` (a partition's own VM, or a VTL's).
+fn register_ram(vm: &VmFd, ram: &[RamSlot]) -> Result<(), PartitionError> {
+    for r in ram {
+        let region = kvm_userspace_memory_region {
+            slot: r.slot,
+            flags: 0,
+            guest_phys_addr: r.gpa,
+            memory_size: r.len,
+            userspace_addr: r.host,
+        };
+        // SAFETY: the region is mapped for `len` bytes at `host` and is owned by
+        // the partition's `memory`, which outlives every VM of the partition.
+        unsafe { vm.set_user_memory_region(region) }.map_err(|source| PartitionError::Kvm {
+            what: "KVM_SET_USER_MEMORY_REGION",
+            source,
+        })?;
     }
     Ok(())
 }
