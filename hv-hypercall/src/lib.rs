@@ -426,20 +426,25 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
             None => unserved(calls),
         };
     }
-    if c.code() == HypercallCode::ENABLE_PARTITION_VTL && c.fast() {
-        // 16 bytes of input: RDX, then R8 (TLFS "Register Mapping for
-        // Hypercall Inputs", fast calls).
+    if c.code() == HypercallCode::ENABLE_PARTITION_VTL {
+        // 16 bytes of input, from memory or, as a fast call, from RDX then R8
+        // (TLFS "Register Mapping for Hypercall Inputs").
         if c.variable_header_size() != 0 {
             return HypercallResult::error(HvError::INVALID_HYPERCALL_INPUT);
         }
         let Some(h) = calls.hv_call_enable_partition_vtl() else {
             return unserved(calls);
         };
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&call.input.to_le_bytes());
-        bytes[8..].copy_from_slice(&call.output.to_le_bytes());
         return simple((|| {
-            let i = EnablePartitionVtlInput::parse(&bytes)?;
+            let i = if c.fast() {
+                let mut bytes = [0u8; 16];
+                bytes[..8].copy_from_slice(&call.input.to_le_bytes());
+                bytes[8..].copy_from_slice(&call.output.to_le_bytes());
+                EnablePartitionVtlInput::parse(&bytes)?
+            } else {
+                let bytes = p.read(call.input, size_of::<EnablePartitionVtlInput>())?;
+                EnablePartitionVtlInput::read_from_guest(&bytes, call.input)?
+            };
             h.enable_partition_vtl(i.partition_id, i.target_vtl, i.flags)
         })());
     }
@@ -533,16 +538,6 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
                 (Ok(()), Some(e)) => reps(start, regs.len(), Err((e, regs.len()))),
                 (r, _) => reps(start, regs.len(), r),
             }
-        }
-        HypercallCode::ENABLE_PARTITION_VTL => {
-            let Some(h) = calls.hv_call_enable_partition_vtl() else {
-                return unserved(calls);
-            };
-            simple((|| {
-                let bytes = p.read(call.input, size_of::<EnablePartitionVtlInput>())?;
-                let i = EnablePartitionVtlInput::read_from_guest(&bytes, call.input)?;
-                h.enable_partition_vtl(i.partition_id, i.target_vtl, i.flags)
-            })())
         }
         HypercallCode::ENABLE_VP_VTL => {
             let Some(h) = calls.hv_call_enable_vp_vtl() else {
