@@ -6,7 +6,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hv_defs::{HvError, HvResult, InitialVpContext, PartitionId, VpIndex, Vtl};
-use hv_regs::{Synthetic, VcpuRegisters};
+use hv_regs::Synthetic;
 use kvm_bindings::{
     kvm_enable_cap, kvm_userspace_memory_region, CpuId, KVM_CAP_X86_USER_SPACE_MSR,
     KVM_MAX_CPUID_ENTRIES, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN,
@@ -367,14 +367,7 @@ impl Partition {
         } else {
             crate::start_check::vcpu_cpuid(&vcpu)?
         };
-        // KVM recomputes its APIC map while it creates a vCPU, before that vCPU
-        // counts as online, so the newest vCPU is missing from the map until the
-        // next recomputation and IPIs to it (an INIT/SIPI) are dropped. Setting
-        // its LAPIC state (unchanged) recomputes the map with it.
-        if let Ok(lapic) = vcpu.get_lapic() {
-            vcpu.set_lapic(&lapic)
-                .map_err(VpError::kvm("KVM_SET_LAPIC"))?;
-        }
+        refresh_apic_map(&vcpu)?;
         // The constructors refused a boot VTL above 2.
         let state = VpState::new(index, self.boot_vtl())?;
         let shared = Arc::new(VpShared {
@@ -435,15 +428,11 @@ impl Partition {
     /// The GPA of the boot VTL's hypercall overlay page while the guest has it
     /// enabled.
     pub fn hypercall_overlay(&self) -> Option<u64> {
-        self.overlay_of(self.boot_vtl())
+        self.hypercall_overlay_of(self.boot_vtl())
     }
 
     /// The GPA of `vtl`'s hypercall overlay page while that VTL has it enabled.
     pub fn hypercall_overlay_of(&self, vtl: Vtl) -> Option<u64> {
-        self.overlay_of(vtl)
-    }
-
-    pub(crate) fn overlay_of(&self, vtl: Vtl) -> Option<u64> {
         self.space(vtl)?.overlay_at()
     }
 
@@ -681,28 +670,18 @@ impl Partition {
         Ok(())
     }
 
-    /// The vCPU of `vp` in `vtl`'s VM: the VP's CPUID, its APIC id, MTRRs as
-    /// the partition's options say.
+    /// The vCPU of `vp` in `vtl`'s VM: the VP's CPUID, its APIC id, set up as
+    /// the VP's first vCPU is ([`crate::vp::set_up_vcpu`]).
     fn create_vtl_vcpu(&self, vp: &VpShared, vtl: Vtl) -> Result<VcpuFd, VpError> {
         let space = self.space(vtl).ok_or(HvError::INVALID_PARAMETER)?;
-        let vcpu = space
+        let mut vcpu = space
             .vm
             .create_vcpu(vp.index.0 as u64)
             .map_err(VpError::kvm("KVM_CREATE_VCPU"))?;
         vcpu.set_cpuid2(&vp.cpuid)
             .map_err(VpError::kvm("KVM_SET_CPUID2"))?;
-        if let Ok(lapic) = vcpu.get_lapic() {
-            vcpu.set_lapic(&lapic)
-                .map_err(VpError::kvm("KVM_SET_LAPIC"))?;
-        }
-        if self.options.mtrr_write_back {
-            hv_regs::KvmVcpu {
-                fd: &vcpu,
-                vendor: vp.vendor,
-            }
-            .set_msr(0x2FF, 0x806)
-            .map_err(VpError::kvm("KVM_SET_MSRS (IA32_MTRR_DEF_TYPE)"))?;
-        }
+        refresh_apic_map(&vcpu)?;
+        crate::vp::set_up_vcpu(&mut vcpu, self.options.mtrr_write_back, vp.vendor)?;
         Ok(vcpu)
     }
 
@@ -832,6 +811,19 @@ fn apply_vm_policies(
             vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &filter)
                 .map_err(kvm_err("KVM_X86_SET_MSR_FILTER"))?;
         }
+    }
+    Ok(())
+}
+
+/// KVM recomputes its APIC map while it creates a vCPU, before that vCPU counts
+/// as online, so the newest vCPU is missing from the map until the next
+/// recomputation and IPIs to it (an INIT/SIPI) are dropped. Setting its LAPIC
+/// state (unchanged) recomputes the map with it. Nothing to do without an
+/// in-kernel LAPIC.
+fn refresh_apic_map(vcpu: &VcpuFd) -> Result<(), VpError> {
+    if let Ok(lapic) = vcpu.get_lapic() {
+        vcpu.set_lapic(&lapic)
+            .map_err(VpError::kvm("KVM_SET_LAPIC"))?;
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ const EBUSY: i32 = 16;
 const CR0_PG: u64 = 1 << 31;
 const EFER_LMA: u64 = 1 << 10;
 /// #UD and #GP.
-const VECTOR_UD: u8 = 6;
+pub(crate) const VECTOR_UD: u8 = 6;
 const VECTOR_GP: u8 = 13;
 
 /// What [`Vp::run`] does after an exit it keeps.
@@ -239,6 +239,50 @@ pub(crate) fn access_status(e: AccessError<VpError>) -> HvError {
     }
 }
 
+/// What every vCPU of a VP gets before it first runs (the boot VTL's and each
+/// other VTL's): registers synced through `kvm_run` (the hypercall trap checks
+/// the caller's mode and CPL without an ioctl) and, with `mtrr_write_back`,
+/// write-back memory as firmware would leave it (KVM resets the MTRRs to
+/// uncached).
+pub(crate) fn set_up_vcpu(
+    vcpu: &mut VcpuFd,
+    mtrr_write_back: bool,
+    vendor: hv_regs::CpuVendor,
+) -> Result<(), VpError> {
+    enable_sync_regs(vcpu);
+    vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
+    if mtrr_write_back {
+        hv_regs::KvmVcpu { fd: vcpu, vendor }
+            .set_msr(MSR_MTRR_DEF_TYPE, 0x806)
+            .map_err(VpError::kvm("KVM_SET_MSRS (IA32_MTRR_DEF_TYPE)"))?;
+    }
+    Ok(())
+}
+
+/// `ctx` over the special registers `base` as KVM state, with what has no
+/// register ioctl of its own already loaded on `vcpu` (PAT, the runnable
+/// state): what a start and a VTL's first entry share. The caller loads the
+/// GPRs and special registers it returns.
+pub(crate) fn context_on(
+    vcpu: &VcpuFd,
+    vendor: hv_regs::CpuVendor,
+    ctx: &InitialVpContext,
+    base: &kvm_sregs,
+) -> Result<hv_regs::KvmVpContext, VpError> {
+    let k = hv_regs::context_to_kvm(ctx, base).map_err(hv_regs::context_status)?;
+    kvm(
+        "KVM_SET_MSRS (PAT)",
+        hv_regs::KvmVcpu { fd: vcpu, vendor }.set_msr(hv_regs::msr::PAT, k.pat),
+    )?;
+    kvm(
+        "KVM_SET_MP_STATE",
+        vcpu.set_mp_state(kvm_mp_state {
+            mp_state: hv_regs::mp_state::RUNNABLE,
+        }),
+    )?;
+    Ok(k)
+}
+
 /// The host's view of the same failure: a TLFS status, or the host error.
 fn access_error(e: AccessError<VpError>) -> VpError {
     match e {
@@ -253,19 +297,7 @@ impl Vp {
         shared: Arc<VpShared>,
         mut vcpu: VcpuFd,
     ) -> Result<Vp, VpError> {
-        enable_sync_regs(&mut vcpu);
-        // The hypercall trap checks the caller's mode and CPL without an ioctl.
-        vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
-        if partition.options.mtrr_write_back {
-            // KVM resets the MTRRs to uncached; make memory write-back as firmware
-            // would.
-            hv_regs::KvmVcpu {
-                fd: &vcpu,
-                vendor: shared.vendor,
-            }
-            .set_msr(MSR_MTRR_DEF_TYPE, 0x806)
-            .map_err(VpError::kvm("KVM_SET_MSRS (IA32_MTRR_DEF_TYPE)"))?;
-        }
+        set_up_vcpu(&mut vcpu, partition.options.mtrr_write_back, shared.vendor)?;
         let wrote_regs = Cell::new(false);
         let vtl = partition.boot_vtl();
         // The kvm_run mapping stays where it is for the VcpuFd's life; Drop for
@@ -403,11 +435,7 @@ impl Vp {
         &mut self,
         names: &[HvRegisterName],
     ) -> Result<Vec<HvRegisterValue>, VpError> {
-        let regs = self.regs();
-        names
-            .iter()
-            .map(|&n| hv_regs::get_register(&regs, n).map_err(access_error))
-            .collect()
+        self.get_vtl_registers(self.vtl, names)
     }
 
     /// Writes registers by HV name (HvSetVpRegisters, as the host calls it) as one
@@ -419,8 +447,7 @@ impl Vp {
         &mut self,
         values: &[(HvRegisterName, HvRegisterValue)],
     ) -> Result<(), VpError> {
-        let regs = self.regs();
-        hv_regs::set_registers(&regs, values).map_err(|(_, e)| access_error(e))
+        self.set_vtl_registers(self.vtl, values)
     }
 
     /// Runs the VP until an exit the host must handle (WHvRunVirtualProcessor).
@@ -465,7 +492,7 @@ impl Vp {
                     VpExit::MemoryAccess {
                         gpa,
                         access: Access::Write(_),
-                    } if this.partition.overlay_of(this.vtl) == Some(*gpa & !0xFFF) => {
+                    } if this.partition.hypercall_overlay_of(this.vtl) == Some(*gpa & !0xFFF) => {
                         Next::OverlayWrite(*gpa)
                     }
                     VpExit::MsrAccess(_) if msr_served => Next::Continue,
@@ -591,7 +618,7 @@ impl Vp {
     /// when it reports it, so the #GP is taken after the writing instruction):
     /// [`Handled::Served`]. Any other GPA is [`Handled::NotMine`].
     pub fn serve_memory_write(&mut self, gpa: u64) -> Handled {
-        if self.partition.overlay_of(self.vtl) != Some(gpa & !0xFFF) {
+        if self.partition.hypercall_overlay_of(self.vtl) != Some(gpa & !0xFFF) {
             return Handled::NotMine;
         }
         self.inject_exception(VECTOR_GP, Some(0));
@@ -674,21 +701,7 @@ impl Vp {
         } else {
             kvm("KVM_GET_SREGS", self.vcpu.get_sregs())?
         };
-        let k = hv_regs::context_to_kvm(ctx, &base).map_err(hv_regs::context_status)?;
-        kvm(
-            "KVM_SET_MSRS (PAT)",
-            hv_regs::KvmVcpu {
-                fd: &self.vcpu,
-                vendor: self.shared.vendor,
-            }
-            .set_msr(hv_regs::msr::PAT, k.pat),
-        )?;
-        kvm(
-            "KVM_SET_MP_STATE",
-            self.vcpu.set_mp_state(kvm_mp_state {
-                mp_state: hv_regs::mp_state::RUNNABLE,
-            }),
-        )?;
+        let k = context_on(&self.vcpu, self.shared.vendor, ctx, &base)?;
         if valid & sync_both == sync_both {
             let synced = self.vcpu.sync_regs_mut();
             synced.regs = k.regs;
@@ -731,7 +744,7 @@ impl Vp {
     /// hypercall page (so the guest OS id is set: clearing it disables the page)
     /// executed at CPL 0 in protected mode.
     fn trap(&self) -> Trap {
-        let Some(page) = self.partition.overlay_of(self.vtl) else {
+        let Some(page) = self.partition.hypercall_overlay_of(self.vtl) else {
             return Trap::PortIo;
         };
         let sync = self.vcpu.sync_regs();
@@ -782,7 +795,7 @@ impl Vp {
     /// Injects exception `vector` (with `error_code` if it has one) into the
     /// guest on the next entry. A host refusal is logged; the guest then resumes
     /// without it.
-    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+    pub(crate) fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
         let r = self.vcpu.get_vcpu_events().and_then(|mut ev| {
             ev.exception.injected = 1;
             ev.exception.nr = vector;

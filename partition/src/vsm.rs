@@ -10,15 +10,12 @@
 //! to a VTL (kept by the partition per VTL).
 
 use hv_defs::vsm::{assist, VtlEntryReason, VTL_RETURN_FAST};
-use hv_defs::{InitialVpContext, Vtl};
-use hv_regs::VcpuRegisters;
-use kvm_bindings::kvm_mp_state;
-use kvm_ioctls::{SyncReg, VcpuFd};
+use hv_defs::Vtl;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::VpError;
 use crate::shared::VtlVcpu;
-use crate::vp::{Parked, Vp};
+use crate::vp::{Parked, Vp, VECTOR_UD};
 
 /// HvCallVtlCall or HvCallVtlReturn.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -27,21 +24,18 @@ pub(crate) enum Switch {
     Return,
 }
 
-/// #UD.
-const VECTOR_UD: u8 = 6;
 const EINTR: i32 = 4;
 
 impl Vp {
-    /// vCPUs made by HvCallEnableVpVtl for this VP, taken onto its thread.
+    /// vCPUs made by HvCallEnableVpVtl for this VP (set up already), taken
+    /// onto its thread.
     pub(crate) fn take_vtl_vcpus(&mut self, new: Vec<VtlVcpu>) {
         for VtlVcpu {
             vtl,
-            mut vcpu,
+            vcpu,
             first_entry,
         } in new
         {
-            exit_decoder::enable_sync_regs(&mut vcpu);
-            vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
             if let Some(slot) = self.parked.get_mut(vtl.0 as usize) {
                 *slot = Some(Parked {
                     vcpu,
@@ -75,12 +69,14 @@ impl Vp {
     /// for a call, a return from VTL 0) raise #UD in the caller; otherwise the
     /// VP continues in the target VTL when its thread next enters KVM_RUN.
     pub(crate) fn vtl_switch(&mut self, kind: Switch, control: u64) {
-        let state = self.shared().lock().state;
+        let (state, new) = {
+            let mut g = self.shared().lock();
+            (g.state, std::mem::take(&mut g.new_vtls))
+        };
         let (target, reserved) = match kind {
             Switch::Call => (state.vtl_call_target(), control),
             Switch::Return => (state.vtl_return_target(), control & !VTL_RETURN_FAST),
         };
-        let new = std::mem::take(&mut self.shared().lock().new_vtls);
         self.take_vtl_vcpus(new);
         let target = target.filter(|t| reserved == 0 && self.parked[t.0 as usize].is_some());
         let Some(target) = target else {
@@ -89,7 +85,7 @@ impl Vp {
                 self.index().0,
                 self.vtl.0
             );
-            self.inject_ud();
+            self.inject_exception(VECTOR_UD, None);
             return;
         };
         if let Err(e) = self.switch_to(kind, target, control & VTL_RETURN_FAST != 0) {
@@ -98,18 +94,6 @@ impl Vp {
                 self.index().0,
                 target.0
             );
-        }
-    }
-
-    fn inject_ud(&mut self) {
-        let r = self.vcpu_mut().get_vcpu_events().and_then(|mut ev| {
-            ev.exception.injected = 1;
-            ev.exception.nr = VECTOR_UD;
-            ev.exception.has_error_code = 0;
-            self.vcpu_mut().set_vcpu_events(&ev)
-        });
-        if let Err(e) = r {
-            log::error!("VP {}: cannot inject #UD: {e}", self.index().0);
         }
     }
 
@@ -135,7 +119,13 @@ impl Vp {
         let loaded = (|| {
             let v = &next.vcpu;
             let (mut tregs, mut tsregs) = match next.first_entry {
-                Some(ctx) => first_entry(v, &ctx, self.shared().vendor)?,
+                Some(ctx) => {
+                    // The VTL's first entry: its EnableVpVtl context over the
+                    // vCPU's reset state.
+                    let base = v.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+                    let k = crate::vp::context_on(v, self.shared().vendor, &ctx, &base)?;
+                    (k.regs, k.sregs)
+                }
                 None => (
                     v.get_regs().map_err(kvm("KVM_GET_REGS"))?,
                     v.get_sregs().map_err(kvm("KVM_GET_SREGS"))?,
@@ -257,24 +247,4 @@ impl Vp {
         self.vtl = vtl;
         self.page_translation.set(None);
     }
-}
-
-/// A VTL's first entry: its EnableVpVtl context over the vCPU's reset state,
-/// PAT and the runnable state loaded; returns the GPRs and special registers
-/// to complete with the shared state.
-fn first_entry(
-    v: &VcpuFd,
-    ctx: &InitialVpContext,
-    vendor: hv_regs::CpuVendor,
-) -> Result<(kvm_bindings::kvm_regs, kvm_bindings::kvm_sregs), VpError> {
-    let base = v.get_sregs().map_err(VpError::kvm("KVM_GET_SREGS"))?;
-    let k = hv_regs::context_to_kvm(ctx, &base).map_err(hv_regs::context_status)?;
-    hv_regs::KvmVcpu { fd: v, vendor }
-        .set_msr(hv_regs::msr::PAT, k.pat)
-        .map_err(VpError::kvm("KVM_SET_MSRS (PAT)"))?;
-    v.set_mp_state(kvm_mp_state {
-        mp_state: hv_regs::mp_state::RUNNABLE,
-    })
-    .map_err(VpError::kvm("KVM_SET_MP_STATE"))?;
-    Ok((k.regs, k.sregs))
 }
