@@ -64,6 +64,17 @@ step "coverage gate (coverage_config.json)"
 python3 scripts/coverage_gate.py target/coverage coverage_config.json
 
 step "cargo package (every published crate, built as crates.io would build it)"
+# cargo verifies each crate against the others' tarballs through a local
+# registry whose sources it unpacks under $CARGO_HOME/registry/src/-<hash>/
+# and never unpacks again for the same name and version: a checkout at the
+# same path that packaged 0.1.0 before would build against that stale copy.
+# Drop our own crates' unpacked copies (only the local-registry ones).
+for crate in $(cargo metadata --no-deps --format-version 1 --locked |
+    python3 -c 'import json,sys; print(" ".join(p["name"]+"-"+p["version"] for p in json.load(sys.stdin)["packages"]))'); do
+    rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/"$crate"
+    # The verify builds fingerprint a registry crate by name and version only.
+    cargo clean --quiet -p "${crate%-*}"
+done
 cargo package --workspace --exclude hvkvm-mini-vmm --locked
 
 step "fuzz (scripts/fuzz.sh: every cargo-fuzz target, 45 s each from its seeds)"
