@@ -1,7 +1,7 @@
 //! Where the TLFS leaves the answer open, and what this crate answers.
 //!
 //! Each entry names the situation, the answer a guest observes, and why. The
-//! conformance tests (`tests/guest_hypercalls.rs`, `tests/vsm.rs`) assert them.
+//! conformance tests (`tests/guest_hypercalls.rs`, `tests/vsm.rs`, `tests/vsm_aps.rs`) assert them.
 //!
 //! | situation | answer | why |
 //! |---|---|---|
@@ -13,6 +13,7 @@
 //! | the order of HvCallEnablePartitionVtl's checks | partition, target above the maximum VTL (`INVALID_PARAMETER`), privilege (`ACCESS_DENIED`), already enabled (`VTL_ALREADY_ENABLED`) | the TLFS lists the restrictions without an order |
 //! | a VTL call or return the TLFS makes #UD (no higher VTL enabled on the VP, a return from VTL 0, a reserved control bit) | #UD, taken after the sequence's trapping `OUT`, so the handler sees RIP at the sequence's `RET` | as for the hypercall page: KVM completes the port write before it exits |
 //! | RAX and RCX after a fast VTL return | as they were at the return: RAX holds the return's control input, RCX the call code | the hypercall page's VTL sequences move the control input to RAX, which the TLFS leaves clobbered, and put the code in RCX (the register ABI of a hypercall) |
+//! | an INIT or SIPI aimed at a VP's lower VTL once a higher VTL is enabled on the VP, which the TLFS ignores | dropped when the VP next enters the lower VTL (KVM latched it in that VTL's vCPU while the higher VTL ran); one that arrives while the lower VTL itself runs is taken by KVM | KVM's in-kernel LAPIC delivers and acts on INIT inside KVM_RUN, with no exit a user-space VMM could refuse it at |
 //! | MTRRs, which the TLFS shares between VTLs | each VTL's vCPU keeps its own | copying them on every switch costs two ioctls for registers guests set once at boot |
 //! | a write that changes a locked HV_X64_MSR_HYPERCALL | #GP | the TLFS makes the MSR immutable once locked; writing the value it already has is accepted |
 //! | the hypercall page executed at CPL > 0, in real mode or virtual-8086 mode | #UD, taken after the trapping `OUT` | KVM completes the port write before it exits, so the exception cannot be made to point at the call itself |

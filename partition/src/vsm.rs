@@ -11,11 +11,36 @@
 
 use hv_defs::vsm::{assist, VtlEntryReason, VTL_RETURN_FAST};
 use hv_defs::Vtl;
+use kvm_bindings::KVM_VCPUEVENT_VALID_SMM;
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::VpError;
 use crate::shared::VtlVcpu;
 use crate::vp::{Parked, Vp, VECTOR_UD};
+
+/// An INIT (and the SIPI after it) that the VTL's in-kernel LAPIC latched
+/// while the VP ran a higher VTL is dropped before the VTL resumes: "INIT and
+/// SIPI aimed at a lower VTL are ignored once a higher VTL is enabled" (TLFS
+/// "Virtual Secure Mode", virtual interrupts). KVM keeps a latched INIT in the
+/// vCPU events' SMM block; with it cleared, the SIPI finds no INIT-received
+/// state and KVM discards it. An INIT that reaches the lower VTL while it runs
+/// is taken by KVM before user space sees it (a stock-KVM limit, `choices`).
+fn drop_latched_init(v: &kvm_ioctls::VcpuFd, vp: u32, vtl: Vtl) -> Result<(), VpError> {
+    let mut events = v
+        .get_vcpu_events()
+        .map_err(VpError::kvm("KVM_GET_VCPU_EVENTS"))?;
+    if events.flags & KVM_VCPUEVENT_VALID_SMM == 0 || events.smi.latched_init == 0 {
+        return Ok(());
+    }
+    events.smi.latched_init = 0;
+    v.set_vcpu_events(&events)
+        .map_err(VpError::kvm("KVM_SET_VCPU_EVENTS"))?;
+    log::debug!(
+        "VP {vp}: INIT to VTL {} dropped (a higher VTL is enabled)",
+        vtl.0
+    );
+    Ok(())
+}
 
 /// HvCallVtlCall or HvCallVtlReturn.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -174,6 +199,9 @@ impl Vp {
             }
             if let Some(x) = &xcrs {
                 v.set_xcrs(x).map_err(kvm("KVM_SET_XCRS"))?;
+            }
+            if kind == Switch::Return {
+                drop_latched_init(v, self.index().0, target)?;
             }
             Ok::<_, VpError>(())
         })();
