@@ -138,6 +138,35 @@ crate::open_enum! {
         VSM_PARTITION_STATUS = 0x000D_0004,
         /// HvRegisterVsmCapabilities (read-only).
         VSM_CAPABILITIES = 0x000D_0006,
+        /// HvRegisterVsmPartitionConfig: one instance per VTL above 0
+        /// (`vsm::VsmPartitionConfig`).
+        VSM_PARTITION_CONFIG = 0x000D_0007,
+        /// HvRegisterVsmVpSecureConfigVtl0: a higher VTL's configuration of
+        /// VTL 0 on the VP (`vsm::VsmVpSecureVtlConfig`).
+        VSM_VP_SECURE_CONFIG_VTL0 = 0x000D_0010,
+        /// HvRegisterVsmVpSecureConfigVtl1: VTL 2's configuration of VTL 1.
+        VSM_VP_SECURE_CONFIG_VTL1 = 0x000D_0011,
+    }
+}
+
+impl HvRegisterName {
+    /// HvRegisterVsmVpSecureConfigVtl`n` (0x000D0010 + n, n = 0..=14): a
+    /// higher VTL's instance of the configuration of lower VTL `n`.
+    pub const fn vsm_vp_secure_config(lower: crate::Vtl) -> Option<HvRegisterName> {
+        if lower.0 <= 14 {
+            Some(HvRegisterName(0x000D_0010 + lower.0 as u32))
+        } else {
+            None
+        }
+    }
+
+    /// The lower VTL an HvRegisterVsmVpSecureConfigVtl`n` name configures.
+    pub const fn secure_config_vtl(self) -> Option<crate::Vtl> {
+        if self.0 >= 0x000D_0010 && self.0 <= 0x000D_001E {
+            Some(crate::Vtl((self.0 - 0x000D_0010) as u8))
+        } else {
+            None
+        }
     }
 }
 
@@ -158,6 +187,20 @@ mod tests {
         assert_eq!(HvRegisterName::VSM_CODE_PAGE_OFFSETS.0, 0x000D_0002);
         assert_eq!(HvRegisterName::VSM_PARTITION_STATUS.0, 0x000D_0004);
         assert_eq!(HvRegisterName::VSM_CAPABILITIES.0, 0x000D_0006);
+        assert_eq!(HvRegisterName::VSM_PARTITION_CONFIG.0, 0x000D_0007);
+        assert_eq!(HvRegisterName::VSM_VP_SECURE_CONFIG_VTL0.0, 0x000D_0010);
+        assert_eq!(HvRegisterName::VSM_VP_SECURE_CONFIG_VTL1.0, 0x000D_0011);
+        assert_eq!(
+            HvRegisterName::vsm_vp_secure_config(crate::Vtl::VTL1),
+            Some(HvRegisterName::VSM_VP_SECURE_CONFIG_VTL1)
+        );
+        assert_eq!(HvRegisterName::vsm_vp_secure_config(crate::Vtl(15)), None);
+        assert_eq!(
+            HvRegisterName(0x000D_001E).secure_config_vtl(),
+            Some(crate::Vtl(14))
+        );
+        assert_eq!(HvRegisterName(0x000D_001F).secure_config_vtl(), None);
+        assert_eq!(HvRegisterName::VSM_CAPABILITIES.secure_config_vtl(), None);
         assert_eq!(HvRegisterName::VP_INDEX.0, 0x0009_0003);
         assert_eq!(HvRegisterName::RIP.0, 0x0002_0010);
         assert_eq!(HvRegisterName(0x0002_0099).name(), None);

@@ -1,5 +1,5 @@
 //! Virtual Secure Mode (TLFS "Virtual Secure Mode"): the bit layouts of the
-//! read-only VSM registers and the VTL control area of the VP assist page.
+//! VSM registers and the VTL control area of the VP assist page.
 //!
 //! ```
 //! use hv_defs::vsm::{VsmCodePageOffsets, VsmPartitionStatus};
@@ -74,6 +74,63 @@ impl VsmCapabilities {
     pub const RETURN_ACTION_AVAILABLE: u64 = 1 << 28;
 }
 
+/// HvRegisterVsmPartitionConfig, one instance per VTL above 0 (TLFS "Virtual
+/// Secure Mode", "Partition Configuration"): bit 0 EnableVtlProtection
+/// (write-once), 4:1 DefaultVtlProtectionMask (HV_MAP_GPA flags: read,
+/// write, kernel execute, user execute; fixed once set), 5 ZeroMemoryOnReset,
+/// 6 DenyLowerVtlStartup, 9 InterceptVpStartup; 8:7 and 63:10 RsvdZ.
+///
+/// ```
+/// use hv_defs::vsm::VsmPartitionConfig;
+/// let c = VsmPartitionConfig(VsmPartitionConfig::ENABLE_VTL_PROTECTION | (0xF << 1));
+/// assert!(c.enable_vtl_protection());
+/// assert_eq!(c.default_protection_mask(), 0xF);
+/// assert_eq!(c.0 & VsmPartitionConfig::RESERVED, 0);
+/// ```
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VsmPartitionConfig(pub u64);
+
+impl VsmPartitionConfig {
+    /// EnableVtlProtection: the VTL may apply memory protections.
+    pub const ENABLE_VTL_PROTECTION: u64 = 1;
+    /// DefaultVtlProtectionMask (bits 4:1).
+    pub const DEFAULT_PROTECTION_MASK: u64 = 0xF << 1;
+    /// ZeroMemoryOnReset.
+    pub const ZERO_MEMORY_ON_RESET: u64 = 1 << 5;
+    /// DenyLowerVtlStartup: lower VTLs may not start or reset VPs.
+    pub const DENY_LOWER_VTL_STARTUP: u64 = 1 << 6;
+    /// InterceptVpStartup: a VP start or reset is intercepted to this VTL.
+    pub const INTERCEPT_VP_STARTUP: u64 = 1 << 9;
+    /// The RsvdZ bits.
+    pub const RESERVED: u64 = !(0x7F | Self::INTERCEPT_VP_STARTUP);
+
+    /// EnableVtlProtection.
+    pub const fn enable_vtl_protection(self) -> bool {
+        self.0 & Self::ENABLE_VTL_PROTECTION != 0
+    }
+    /// DefaultVtlProtectionMask, as HV_MAP_GPA flags (bit 0 read, 1 write,
+    /// 2 kernel-mode execute, 3 user-mode execute).
+    pub const fn default_protection_mask(self) -> u8 {
+        ((self.0 >> 1) & 0xF) as u8
+    }
+}
+
+/// HV_REGISTER_VSM_VP_SECURE_VTL_CONFIG (HvRegisterVsmVpSecureConfigVtl`n`):
+/// a higher VTL's configuration of lower VTL `n` on one VP. Bit 0
+/// MbecEnabled, 1 TlbLocked (released when the VP returns to a lower VTL),
+/// 63:2 RsvdZ.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VsmVpSecureVtlConfig(pub u64);
+
+impl VsmVpSecureVtlConfig {
+    /// MbecEnabled.
+    pub const MBEC_ENABLED: u64 = 1;
+    /// TlbLocked.
+    pub const TLB_LOCKED: u64 = 1 << 1;
+    /// The RsvdZ bits.
+    pub const RESERVED: u64 = !3;
+}
+
 /// HV_VTL_ENTRY_REASON: why a higher VTL was entered, in its VP assist page's
 /// VTL control area.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -122,5 +179,21 @@ mod tests {
         assert_eq!(VtlEntryReason::VtlCall as u32, 1);
         assert_eq!(VtlEntryReason::Intercept as u32, 3);
         assert_eq!(assist::VTL_RETURN_X64_RCX, 24);
+    }
+
+    /// TLFS "Partition Configuration" and "Configuring Lower VTLs" layouts.
+    #[test]
+    fn configuration_layouts() {
+        assert_eq!(VsmPartitionConfig::DEFAULT_PROTECTION_MASK, 0b1_1110);
+        assert_eq!(VsmPartitionConfig::ZERO_MEMORY_ON_RESET, 0x20);
+        assert_eq!(VsmPartitionConfig::DENY_LOWER_VTL_STARTUP, 0x40);
+        assert_eq!(VsmPartitionConfig::INTERCEPT_VP_STARTUP, 0x200);
+        assert_eq!(VsmPartitionConfig::RESERVED, !0x27F);
+        let c = VsmPartitionConfig(0b0_0111);
+        assert!(c.enable_vtl_protection());
+        assert_eq!(c.default_protection_mask(), 0b0011);
+        assert!(!VsmPartitionConfig::default().enable_vtl_protection());
+        assert_eq!(VsmVpSecureVtlConfig::TLB_LOCKED, 2);
+        assert_eq!(VsmVpSecureVtlConfig::RESERVED, !3);
     }
 }

@@ -1,7 +1,7 @@
 //! Where each HV register lives in KVM vCPU state, and conversions of the
 //! pieces that are not plain 64-bit copies.
 
-use hv_defs::{SegmentAttributes, SegmentRegister, TableRegister};
+use hv_defs::{SegmentAttributes, SegmentRegister, TableRegister, Vtl};
 use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment, kvm_sregs};
 
 use crate::HvRegisterName;
@@ -250,6 +250,12 @@ pub enum Synthetic {
     VsmPartitionStatus,
     /// HvRegisterVsmCapabilities (read-only, partition-wide).
     VsmCapabilities,
+    /// HvRegisterVsmPartitionConfig (partition-wide, one instance per VTL
+    /// above 0: the VMM picks the instance by the access's VTL).
+    VsmPartitionConfig,
+    /// HvRegisterVsmVpSecureConfigVtl`n`: a higher VTL's configuration of
+    /// the lower VTL `n` on the VP (one instance per higher VTL).
+    VsmVpSecureConfig(Vtl),
     /// HvX64RegisterInitialApicId.
     InitialApicId,
 }
@@ -351,7 +357,11 @@ pub fn location(name: HvRegisterName) -> Option<KvmRegister> {
         HvRegisterName::VSM_CODE_PAGE_OFFSETS => K::Synthetic(Synthetic::VsmCodePageOffsets),
         HvRegisterName::VSM_PARTITION_STATUS => K::Synthetic(Synthetic::VsmPartitionStatus),
         HvRegisterName::VSM_CAPABILITIES => K::Synthetic(Synthetic::VsmCapabilities),
-        _ => return None,
+        HvRegisterName::VSM_PARTITION_CONFIG => K::Synthetic(Synthetic::VsmPartitionConfig),
+        n => match n.secure_config_vtl() {
+            Some(lower) => K::Synthetic(Synthetic::VsmVpSecureConfig(lower)),
+            None => return None,
+        },
     })
 }
 

@@ -400,6 +400,12 @@ fn validate_checks(
             reserved(name, v, !1)
         }
         KvmRegister::Synthetic(Synthetic::InitialApicId) => width(name, v, 32),
+        KvmRegister::Synthetic(Synthetic::VsmPartitionConfig) => {
+            reserved(name, v, hv_defs::vsm::VsmPartitionConfig::RESERVED)
+        }
+        KvmRegister::Synthetic(Synthetic::VsmVpSecureConfig(_)) => {
+            reserved(name, v, hv_defs::vsm::VsmVpSecureVtlConfig::RESERVED)
+        }
         KvmRegister::Synthetic(
             Synthetic::VpIndex
             | Synthetic::VsmVpStatus
@@ -520,6 +526,12 @@ mod tests {
             (N::VSM_CODE_PAGE_OFFSETS, 0),
             (N::VSM_PARTITION_STATUS, 0),
             (N::VSM_CAPABILITIES, 0),
+            // TLFS "Partition Configuration": bits 8:7 and 63:10 RsvdZ.
+            (N::VSM_PARTITION_CONFIG, 1 << 7),
+            (N::VSM_PARTITION_CONFIG, 1 << 10),
+            // "Configuring Lower VTLs": bits 63:2 RsvdZ.
+            (N::VSM_VP_SECURE_CONFIG_VTL0, 1 << 2),
+            (N::VSM_VP_SECURE_CONFIG_VTL1, 1 << 63),
         ];
         for &(n, x) in cases {
             let e = validate(n, v(x));
@@ -537,6 +549,8 @@ mod tests {
         use HvRegisterName as N;
         let cases: &[(HvRegisterName, u64)] = &[
             (N::RAX, u64::MAX),
+            (N::VSM_PARTITION_CONFIG, 0x27F),
+            (N::VSM_VP_SECURE_CONFIG_VTL0, 3),
             (N::RIP, 0xFFFF_FFFF_8100_0000),
             (N::RFLAGS, 0x2),
             (N::RFLAGS, 0x3F_7FD7),
