@@ -134,14 +134,14 @@ impl GetVpRegisters for GuestCalls<'_> {
         let own = Arc::ptr_eq(&target, self.0.shared());
         for (i, (&name, value)) in names.iter().zip(values.iter_mut()).enumerate() {
             let v = if let Some(s) = shared_register(name) {
-                Ok(target.synthetic(s).into())
+                target.synthetic(s, vtl).map(HvRegisterValue::from)
             } else if own {
                 match self.0.regs_of(vtl) {
                     Some(regs) => hv_regs::get_register(&regs, name).map_err(access_status),
                     None => Err(HvError::INVALID_VTL_STATE),
                 }
             } else {
-                synthetic_of_other(&target, name)
+                synthetic_of_other(&target, name, vtl)
             };
             *value = v.map_err(|e| (e, i))?;
         }
@@ -168,7 +168,7 @@ impl SetVpRegisters for GuestCalls<'_> {
                     None => Err(HvError::INVALID_VTL_STATE),
                 }
             } else {
-                set_synthetic_of_other(&target, name, value)
+                set_synthetic_of_other(&target, name, vtl, value)
             };
             r.map_err(|e| (e, i))?;
         }
@@ -287,7 +287,8 @@ hv_hypercall::impl_calls!(GuestCalls<'_>:
 
 /// The registers one VP shares across its VTLs, and the partition's, served
 /// whatever the input VTL names (TLFS "Virtual Secure Mode": VsmVpStatus is
-/// shared across VTLs; VP index; the partition-wide VSM registers).
+/// shared across VTLs; VP index; the partition-wide VSM registers, of which
+/// VsmPartitionConfig has one instance per VTL, the one the input VTL names).
 fn shared_register(name: HvRegisterName) -> Option<Synthetic> {
     match location(name) {
         Some(KvmRegister::Synthetic(
@@ -295,7 +296,8 @@ fn shared_register(name: HvRegisterName) -> Option<Synthetic> {
             | Synthetic::VsmVpStatus
             | Synthetic::VsmPartitionStatus
             | Synthetic::VsmCapabilities
-            | Synthetic::VsmCodePageOffsets),
+            | Synthetic::VsmCodePageOffsets
+            | Synthetic::VsmPartitionConfig),
         )) => Some(s),
         _ => None,
     }
@@ -311,15 +313,17 @@ fn other_vp_synthetic(name: HvRegisterName) -> HvResult<Synthetic> {
     }
 }
 
-fn synthetic_of_other(vp: &VpShared, name: HvRegisterName) -> HvResult<HvRegisterValue> {
-    Ok(vp.synthetic(other_vp_synthetic(name)?).into())
+fn synthetic_of_other(vp: &VpShared, name: HvRegisterName, vtl: Vtl) -> HvResult<HvRegisterValue> {
+    vp.synthetic(other_vp_synthetic(name)?, vtl)
+        .map(HvRegisterValue::from)
 }
 
 fn set_synthetic_of_other(
     vp: &VpShared,
     name: HvRegisterName,
+    vtl: Vtl,
     value: HvRegisterValue,
 ) -> HvResult<()> {
     hv_regs::validate(name, value)?;
-    vp.set_synthetic(other_vp_synthetic(name)?, value.low)
+    vp.set_synthetic(other_vp_synthetic(name)?, vtl, value.low)
 }

@@ -699,7 +699,7 @@ impl Partition {
     /// whose thread waits for the suspend to clear resumes.
     pub fn set_explicit_suspend(&self, index: VpIndex, suspend: bool) -> HvResult<()> {
         let vp = self.vp_shared(index).ok_or(HvError::INVALID_VP_INDEX)?;
-        vp.set_synthetic(Synthetic::ExplicitSuspend, suspend as u64)
+        vp.set_synthetic(Synthetic::ExplicitSuspend, Vtl::VTL0, suspend as u64)
     }
 
     /// Cancels the current (or next) run of VP `index` from another thread: its

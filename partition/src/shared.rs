@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, MutexGuard};
 
+use hv_defs::vsm::VsmVpSecureVtlConfig;
 use hv_defs::{HvError, HvResult, InitialVpContext, VpIndex, Vtl};
 use hv_regs::Synthetic;
 use kvm_bindings::CpuId;
@@ -44,6 +45,9 @@ pub(crate) struct VpInner {
     pub vp_assist_page: [u64; 3],
     /// vCPUs of newly enabled VTLs, not yet taken by the VP's thread.
     pub new_vtls: Vec<VtlVcpu>,
+    /// HvRegisterVsmVpSecureConfigVtl`n`: `[higher][n]`, the higher VTL's
+    /// configuration of lower VTL `n` on this VP.
+    pub secure_config: [[u64; 3]; 3],
 }
 
 impl VpInner {
@@ -56,6 +60,19 @@ impl VpInner {
             initial_apic_id,
             vp_assist_page: [0; 3],
             new_vtls: Vec::new(),
+            secure_config: [[0; 3]; 3],
+        }
+    }
+}
+
+impl VpInner {
+    /// A VTL return from `vtl`: the TLB locks it holds on lower VTLs are
+    /// released (TLFS "Configuring Lower VTLs", TlbLocked).
+    pub fn release_tlb_locks(&mut self, vtl: Vtl) {
+        if let Some(row) = self.secure_config.get_mut(vtl.0 as usize) {
+            for c in row {
+                *c &= !VsmVpSecureVtlConfig::TLB_LOCKED;
+            }
         }
     }
 }
@@ -95,10 +112,11 @@ impl VpShared {
         self.gate.lock()
     }
 
-    /// A register the VP model keeps.
-    pub fn synthetic(&self, reg: Synthetic) -> u64 {
+    /// A register the VP model keeps, as VTL `vtl` of the VP sees it (the
+    /// instance of a per-VTL VSM register).
+    pub fn synthetic(&self, reg: Synthetic, vtl: Vtl) -> HvResult<u64> {
         let g = self.lock();
-        match reg {
+        Ok(match reg {
             Synthetic::ExplicitSuspend => g.state.explicit_suspend() as u64,
             Synthetic::InterceptSuspend => g.state.intercept_suspend() as u64,
             Synthetic::VpIndex => self.index.0 as u64,
@@ -109,16 +127,31 @@ impl VpShared {
             Synthetic::VsmCapabilities => VSM_CAPABILITIES,
             Synthetic::VsmCodePageOffsets => crate::hyperv::VSM_CODE_PAGE_OFFSETS.0,
             Synthetic::InitialApicId => g.initial_apic_id as u64,
-        }
+            Synthetic::VsmPartitionConfig => self.vsm.config(vtl)?,
+            Synthetic::VsmVpSecureConfig(lower) => {
+                secure_config_instance(&g, vtl, lower).map(|(h, l)| g.secure_config[h][l])?
+            }
+        })
     }
 
     /// Writes a register the VP model keeps (the value has been validated). The
     /// initial APIC id may change only while the VP is explicitly suspended, before
     /// its parent releases it; VP index and VSM status are read-only. A suspend
     /// returns once the VP's thread is out of KVM_RUN (unless it is the caller's).
-    pub fn set_synthetic(&self, reg: Synthetic, value: u64) -> HvResult<()> {
+    pub fn set_synthetic(&self, reg: Synthetic, vtl: Vtl, value: u64) -> HvResult<()> {
         let mut g = self.lock();
         match reg {
+            Synthetic::VsmPartitionConfig => return self.vsm.set_config(vtl, value),
+            Synthetic::VsmVpSecureConfig(lower) => {
+                let (h, l) = secure_config_instance(&g, vtl, lower)?;
+                if value & VsmVpSecureVtlConfig::MBEC_ENABLED != 0 {
+                    // Stock KVM cannot give separate user and supervisor
+                    // execute permissions (no MBEC in VsmCapabilities).
+                    return Err(HvError::INVALID_REGISTER_VALUE);
+                }
+                g.secure_config[h][l] = value;
+                return Ok(());
+            }
             Synthetic::ExplicitSuspend => g.state = g.state.set_explicit_suspend(value != 0),
             Synthetic::InterceptSuspend => g.state = g.state.set_intercept_suspend(value != 0),
             Synthetic::InitialApicId if !g.state.explicit_suspend() => {
@@ -146,5 +179,44 @@ impl VpShared {
         self.lock().cancel = true;
         self.gate.notify();
         self.gate.kick(|g| g.cancel);
+    }
+}
+
+/// The instance of HvRegisterVsmVpSecureConfigVtl`lower` that `vtl` reaches:
+/// `HV_STATUS_INVALID_PARAMETER` unless `lower` is below `vtl` (each VTL above
+/// 0 has one per lower VTL), `HV_STATUS_INVALID_VTL_STATE` unless `vtl` is
+/// enabled on the VP.
+fn secure_config_instance(g: &VpInner, vtl: Vtl, lower: Vtl) -> HvResult<(usize, usize)> {
+    if lower >= vtl || vtl > Vtl::MAX_X64 {
+        return Err(HvError::INVALID_PARAMETER);
+    }
+    if !g.state.vtl_enabled(vtl) {
+        return Err(HvError::INVALID_VTL_STATE);
+    }
+    Ok((vtl.0 as usize, lower.0 as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TLFS "Configuring Lower VTLs", without KVM: each VTL above 0 has one
+    /// instance per lower VTL; a return releases the TLB locks it holds.
+    #[test]
+    fn secure_config_instances_and_tlb_lock_release() {
+        let state = VpState::new(VpIndex(0), Vtl::VTL0).unwrap();
+        let mut g = VpInner::new(state.enable_vtl(Vtl::VTL1).unwrap(), 0);
+        let at = |g: &VpInner, v, l| secure_config_instance(g, Vtl(v), Vtl(l));
+        assert_eq!(at(&g, 1, 0), Ok((1, 0)));
+        assert_eq!(at(&g, 1, 1), Err(HvError::INVALID_PARAMETER));
+        assert_eq!(at(&g, 0, 0), Err(HvError::INVALID_PARAMETER));
+        assert_eq!(at(&g, 3, 0), Err(HvError::INVALID_PARAMETER));
+        assert_eq!(at(&g, 2, 0), Err(HvError::INVALID_VTL_STATE));
+        g.secure_config[1][0] = VsmVpSecureVtlConfig::TLB_LOCKED;
+        g.secure_config[2][1] = VsmVpSecureVtlConfig::TLB_LOCKED;
+        g.release_tlb_locks(Vtl::VTL1);
+        assert_eq!(g.secure_config[1][0], 0);
+        assert_eq!(g.secure_config[2][1], VsmVpSecureVtlConfig::TLB_LOCKED);
+        g.release_tlb_locks(Vtl(9));
     }
 }

@@ -146,6 +146,8 @@ pub(crate) struct RegAccess<'a> {
     pub vcpu: &'a VcpuFd,
     pub shared: &'a VpShared,
     pub wrote_regs: &'a Cell<bool>,
+    /// The VTL the vCPU belongs to (the instance of a per-VTL VSM register).
+    pub vtl: Vtl,
 }
 
 /// A KVM failure of `what`, with its source.
@@ -215,10 +217,14 @@ impl VcpuRegisters for RegAccess<'_> {
         Ok(())
     }
     fn get_synthetic(&self, reg: Synthetic) -> Option<Result<u64, VpError>> {
-        Some(Ok(self.shared.synthetic(reg)))
+        Some(self.shared.synthetic(reg, self.vtl).map_err(VpError::from))
     }
     fn set_synthetic(&self, reg: Synthetic, value: u64) -> Option<Result<(), VpError>> {
-        Some(self.shared.set_synthetic(reg, value).map_err(VpError::from))
+        Some(
+            self.shared
+                .set_synthetic(reg, self.vtl, value)
+                .map_err(VpError::from),
+        )
     }
     fn cpu_vendor(&self) -> hv_regs::CpuVendor {
         self.shared.vendor
@@ -380,6 +386,7 @@ impl Vp {
             vcpu: &self.vcpu,
             shared: &self.shared,
             wrote_regs: &self.wrote_regs,
+            vtl: self.vtl,
         }
     }
 
@@ -394,6 +401,7 @@ impl Vp {
             vcpu: &parked.vcpu,
             shared: &self.shared,
             wrote_regs: &self.wrote_regs,
+            vtl,
         })
     }
 

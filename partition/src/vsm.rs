@@ -210,6 +210,9 @@ impl Vp {
             return Err(e);
         }
         next.first_entry = None;
+        if kind == Switch::Return {
+            self.shared().lock().release_tlb_locks(from);
+        }
         if kind == Switch::Call {
             if let Some(page) = self.assist_page(target) {
                 let _ = self.partition().memory().write_obj(

@@ -8,7 +8,8 @@
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use hv_defs::Vtl;
+use hv_defs::vsm::VsmPartitionConfig;
+use hv_defs::{HvError, HvResult, Vtl};
 use kvm_ioctls::VmFd;
 
 use crate::overlay::Overlay;
@@ -60,6 +61,8 @@ pub(crate) struct VsmShared {
     pub max_vtl: Vtl,
     /// EnabledVtlSet: bit n for VTL n.
     enabled: AtomicU16,
+    /// HvRegisterVsmPartitionConfig of each VTL above 0 (index: VTL).
+    config: Mutex<[u64; 3]>,
 }
 
 impl VsmShared {
@@ -67,6 +70,7 @@ impl VsmShared {
         Arc::new(VsmShared {
             max_vtl,
             enabled: AtomicU16::new(enabled),
+            config: Mutex::new([0; 3]),
         })
     }
 
@@ -76,6 +80,56 @@ impl VsmShared {
 
     pub fn mark_enabled(&self, vtl: Vtl) {
         self.enabled.fetch_or(1 << vtl.0, Ordering::AcqRel);
+    }
+
+    /// `vtl`'s instance of HvRegisterVsmPartitionConfig.
+    pub fn config(&self, vtl: Vtl) -> HvResult<u64> {
+        let i = self.config_instance(vtl)?;
+        Ok(self.configs()[i])
+    }
+
+    /// Writes `vtl`'s instance of HvRegisterVsmPartitionConfig (reserved bits
+    /// already refused), with the TLFS rules ("Partition Configuration"):
+    /// EnableVtlProtection is write-once and DefaultVtlProtectionMask fixed
+    /// once protections are enabled. What this crate cannot honour is
+    /// `HV_STATUS_INVALID_REGISTER_VALUE` ([`crate::choices`]):
+    /// DenyLowerVtlStartup and InterceptVpStartup, and a default mask other
+    /// than full access (memory protections are not applied yet).
+    pub fn set_config(&self, vtl: Vtl, value: u64) -> HvResult<()> {
+        let i = self.config_instance(vtl)?;
+        let mut configs = self.configs();
+        let (old, new) = (VsmPartitionConfig(configs[i]), VsmPartitionConfig(value));
+        let unsupported =
+            VsmPartitionConfig::DENY_LOWER_VTL_STARTUP | VsmPartitionConfig::INTERCEPT_VP_STARTUP;
+        let mask = new.default_protection_mask();
+        let full_access = mask & 0b11 == 0b11 && mask & 0b1100 != 0;
+        let refused = value & unsupported != 0
+            || (old.enable_vtl_protection()
+                && (!new.enable_vtl_protection()
+                    || new.default_protection_mask() != old.default_protection_mask()))
+            || (mask != 0 && !full_access)
+            || (new.enable_vtl_protection() && !full_access);
+        if refused {
+            return Err(HvError::INVALID_REGISTER_VALUE);
+        }
+        configs[i] = value;
+        Ok(())
+    }
+
+    /// One instance per VTL above 0 (`HV_STATUS_INVALID_PARAMETER` for VTL 0),
+    /// for an enabled VTL (`HV_STATUS_INVALID_VTL_STATE` otherwise).
+    fn config_instance(&self, vtl: Vtl) -> HvResult<usize> {
+        if vtl == Vtl::VTL0 || vtl > Vtl::MAX_X64 {
+            return Err(HvError::INVALID_PARAMETER);
+        }
+        if self.enabled() & (1 << vtl.0) == 0 {
+            return Err(HvError::INVALID_VTL_STATE);
+        }
+        Ok(vtl.0 as usize)
+    }
+
+    fn configs(&self) -> MutexGuard<'_, [u64; 3]> {
+        self.config.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// HvRegisterVsmPartitionStatus.
@@ -88,3 +142,42 @@ impl VsmShared {
 /// VTL (Dr6Shared clear), no MBEC (stock KVM cannot express it), no intercept
 /// page and no return actions yet.
 pub(crate) const VSM_CAPABILITIES: u64 = 0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TLFS "Partition Configuration", without KVM.
+    #[test]
+    fn partition_config_instances_and_write_rules() {
+        let vsm = VsmShared::new(Vtl::VTL2, 0b011);
+        // One instance per VTL above 0, of an enabled VTL.
+        assert_eq!(vsm.config(Vtl::VTL0), Err(HvError::INVALID_PARAMETER));
+        assert_eq!(vsm.config(Vtl(3)), Err(HvError::INVALID_PARAMETER));
+        assert_eq!(vsm.config(Vtl::VTL2), Err(HvError::INVALID_VTL_STATE));
+        assert_eq!(
+            vsm.set_config(Vtl::VTL2, 0),
+            Err(HvError::INVALID_VTL_STATE)
+        );
+        assert_eq!(vsm.config(Vtl::VTL1), Ok(0));
+        let bad = HvError::INVALID_REGISTER_VALUE;
+        // Default masks other than full access, with or without protection.
+        for v in [0x1, 0x1 | (0b0011 << 1), 0b0101 << 1, 0b0011 << 1] {
+            assert_eq!(vsm.set_config(Vtl::VTL1, v), Err(bad), "{v:#x}");
+        }
+        // Not offered: DenyLowerVtlStartup, InterceptVpStartup.
+        assert_eq!(vsm.set_config(Vtl::VTL1, 1 << 6), Err(bad));
+        assert_eq!(vsm.set_config(Vtl::VTL1, 1 << 9), Err(bad));
+        // ZeroMemoryOnReset and a full-access mask before protection.
+        assert_eq!(vsm.set_config(Vtl::VTL1, (1 << 5) | (0b0111 << 1)), Ok(()));
+        assert_eq!(vsm.set_config(Vtl::VTL1, 0x1 | (0xF << 1)), Ok(()));
+        assert_eq!(vsm.config(Vtl::VTL1), Ok(0x1F));
+        // Write-once protection, fixed mask.
+        assert_eq!(vsm.set_config(Vtl::VTL1, 0xF << 1), Err(bad));
+        assert_eq!(vsm.set_config(Vtl::VTL1, 0x1 | (0b0111 << 1)), Err(bad));
+        assert_eq!(vsm.set_config(Vtl::VTL1, 0x1F | (1 << 5)), Ok(()));
+        assert_eq!(vsm.config(Vtl::VTL1), Ok(0x3F));
+        vsm.mark_enabled(Vtl::VTL2);
+        assert_eq!(vsm.config(Vtl::VTL2), Ok(0));
+    }
+}

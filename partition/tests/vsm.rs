@@ -27,12 +27,24 @@ const VTL1_HYPERCALL: u64 = 0x6000;
 const VTL1_ASSIST: u64 = 0x50000;
 const IDTR: u64 = 0x2FF0;
 const IDT: u64 = 0x3000;
+/// The VSM configuration registers' hypercall inputs (0x40 apart) and, at
+/// +0x800, their outputs.
+const CONFIG_INPUTS: u64 = DATA + 0x2000;
 /// The guest's #UD handler (in VTL 0's code blob).
 const UD_HANDLER: u64 = CODE + 0x800;
 
 std::arch::global_asm!(
     r#"
     .pushsection .rodata.hvkvm_vsm_guest, "a"
+    // A memory-form hypercall through `page`; its status to `port`.
+    .macro hvcall page, control, input, output, port
+    mov rcx, \control
+    mov edx, \input
+    mov r8d, \output
+    mov eax, \page
+    call rax
+    out \port, eax
+    .endm
     .globl hvkvm_vsm_vtl0_start
 hvkvm_vsm_vtl0_start:
     .code64
@@ -91,6 +103,8 @@ hvkvm_vsm_vtl0_start:
     mov eax, {hc0}
     call rax
     out 0x35, eax
+    // VsmPartitionConfig has no VTL 0 instance.
+    hvcall {hc0}, 0x0000000100000050, {cfg}, {cfg} + 0x800, 0x39
     // EnableVpVtl(self, 1, VTL 1's context).
     mov ecx, 0x0F
     mov edx, {data} + 0x100
@@ -203,6 +217,18 @@ hvkvm_vsm_vtl1_start:
     // What VTL 0 left in the shared registers.
     mov eax, ebx
     out 0x54, eax
+    // VsmPartitionConfig and VsmVpSecureConfigVtl0 (inputs: see the test).
+    hvcall {hc1}, 0x0000000100000051, {cfg} + 0x000, 0, 0x60
+    hvcall {hc1}, 0x0000000100000051, {cfg} + 0x040, 0, 0x61
+    hvcall {hc1}, 0x0000000100000051, {cfg} + 0x080, 0, 0x62
+    hvcall {hc1}, 0x0000000100000051, {cfg} + 0x0C0, 0, 0x63
+    hvcall {hc1}, 0x0000000100000051, {cfg} + 0x100, 0, 0x64
+    hvcall {hc1}, 0x0000000100000050, {cfg} + 0x140, {cfg} + 0x800, 0x65
+    hvcall {hc1}, 0x0000000100000051, {cfg} + 0x180, 0, 0x66
+    hvcall {hc1}, 0x0000000100000051, {cfg} + 0x1C0, 0, 0x67
+    hvcall {hc1}, 0x0000000100000051, {cfg} + 0x200, 0, 0x68
+    hvcall {hc1}, 0x0000000100000051, {cfg} + 0x240, 0, 0x69
+    hvcall {hc1}, 0x0000000100000050, {cfg} + 0x280, {cfg} + 0x810, 0x6A
     // Private state of VTL 1's own, and shared state for VTL 0.
     mov ecx, 0xC0000082
     mov eax, 0xBBBB0000
@@ -221,6 +247,8 @@ hvkvm_vsm_vtl1_start:
     // The next VTL call resumes here, after the return sequence.
     mov eax, dword ptr [{assist} + 8]
     out 0x56, eax
+    // The VTL return released VTL 1's TLB lock on VTL 0.
+    hvcall {hc1}, 0x0000000100000050, {cfg} + 0x280, {cfg} + 0x820, 0x6B
     mov ecx, 0xC0000082
     rdmsr
     out 0x57, eax
@@ -239,6 +267,7 @@ hvkvm_vsm_vtl1_end:
     hc1 = const VTL1_HYPERCALL,
     data = const DATA,
     assist = const VTL1_ASSIST,
+    cfg = const CONFIG_INPUTS,
 );
 
 extern "C" {
@@ -346,6 +375,44 @@ fn setup_guest(p: &Partition) {
         &registers_input(0x10, &[0x0002_0010, 0x0004_0002, 0x0008_0009]),
     );
     put(p, DATA + 0x400, &registers_input(0x11, &[0x000D_0003]));
+    // VSM configuration (TLFS "Partition Configuration", "Configuring Lower
+    // VTLs"): one SetVpRegisters element or GetVpRegisters name each.
+    const CONFIG: u32 = 0x000D_0007;
+    const SECURE_VTL0: u32 = 0x000D_0010;
+    const SECURE_VTL1: u32 = 0x000D_0011;
+    let set = |vtl: u8, name: u32, value: u64| {
+        let mut b = registers_input(vtl, &[name]);
+        b.extend([0u8; 12]);
+        b.extend(value.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b
+    };
+    let inputs: [Vec<u8>; 11] = [
+        // EnableVtlProtection with the full-access default mask.
+        set(0, CONFIG, 0x1F),
+        // EnableVtlProtection cleared again.
+        set(0, CONFIG, 0),
+        // The default mask changed once protections are enabled.
+        set(0, CONFIG, 0x1 | (0x3 << 1)),
+        // A reserved bit.
+        set(0, CONFIG, 0x1F | (1 << 7)),
+        // DenyLowerVtlStartup: not offered (VsmCapabilities bit 17 clear).
+        set(0, CONFIG, 0x1F | (1 << 6)),
+        registers_input(0, &[CONFIG]),
+        // VTL 0's instance (input VTL 0): there is none.
+        set(0x10, CONFIG, 0x1F),
+        // VTL 1's TLB lock on VTL 0.
+        set(0, SECURE_VTL0, 2),
+        // MbecEnabled: no MBEC.
+        set(0, SECURE_VTL0, 1),
+        // A configuration of VTL 1 held by VTL 1 itself.
+        set(0, SECURE_VTL1, 0),
+        registers_input(0, &[SECURE_VTL0]),
+    ];
+    for (i, b) in inputs.iter().enumerate() {
+        put(p, CONFIG_INPUTS + 0x40 * i as u64, b);
+    }
+    put(p, CONFIG_INPUTS + 0x800, &[0xA5; 0x30]);
 }
 
 fn run(p: &Arc<Partition>) -> Vec<(u16, u32)> {
@@ -428,6 +495,30 @@ fn vtl1_is_entered_by_vtl_call_and_keeps_its_own_state() {
     assert_eq!(value(&p, DATA + 0x1220), 0xAAAA_0000);
     // Shared: the GPRs and XMM registers VTL 0 set.
     assert_eq!(one(0x54), 0x1111);
+    // HvRegisterVsmPartitionConfig: "one instance of this register for each
+    // VTL (greater than 0)"; EnableVtlProtection "is write-once"; the default
+    // mask "cannot be changed once it is set"; RsvdZ bits; what this crate
+    // cannot honour is INVALID_REGISTER_VALUE (choices.rs).
+    assert_eq!(status(0x39), HvError::INVALID_PARAMETER.status());
+    assert_eq!(status(0x60), HvStatus::SUCCESS);
+    assert_eq!(status(0x61), HvError::INVALID_REGISTER_VALUE.status());
+    assert_eq!(status(0x62), HvError::INVALID_REGISTER_VALUE.status());
+    assert_eq!(status(0x63), HvError::INVALID_PARAMETER.status());
+    assert_eq!(status(0x64), HvError::INVALID_REGISTER_VALUE.status());
+    assert_eq!(status(0x65), HvStatus::SUCCESS);
+    assert_eq!(value(&p, CONFIG_INPUTS + 0x800), 0x1F);
+    assert_eq!(status(0x66), HvError::INVALID_PARAMETER.status());
+    // HvRegisterVsmVpSecureConfigVtl0: TlbLocked kept, MbecEnabled refused,
+    // an instance for a VTL not below the holder's refused.
+    assert_eq!(status(0x67), HvStatus::SUCCESS);
+    assert_eq!(status(0x68), HvError::INVALID_REGISTER_VALUE.status());
+    assert_eq!(status(0x69), HvError::INVALID_PARAMETER.status());
+    assert_eq!(status(0x6A), HvStatus::SUCCESS);
+    assert_eq!(value(&p, CONFIG_INPUTS + 0x810), 2);
+    // "once a VP returns to a lower VTL, it releases all TLB locks which it
+    // holds at the time".
+    assert_eq!(status(0x6B), HvStatus::SUCCESS);
+    assert_eq!(value(&p, CONFIG_INPUTS + 0x820), 0);
     // Back in VTL 0 after a non-fast return: RAX and RCX from VTL 1's control
     // area; RBX, RDX, XMM1 and CR2 as VTL 1 left them (shared); LSTAR and CR3
     // VTL 0's own (private).
