@@ -64,7 +64,7 @@ pub use config::{CpuidMask, HyperVConfig, Kick, PartitionConfig, PartitionOption
 pub use error::{PartitionError, VpError};
 pub use exit_decoder::{Access, InternalError, MsrAccess, VpExit};
 pub use partition::{Partition, StartObserver, CREATION_WAIT};
-pub use stats::{exit_name, Counter, Stats};
+pub use stats::{exit_name, Counter, Stats, VtlSwitchStats};
 pub use vp::{Handled, Vp};
 
 // The dependencies whose types appear in this crate's public signatures.

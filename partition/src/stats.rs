@@ -26,6 +26,19 @@ pub struct Counter {
 pub struct Stats {
     exits: Mutex<BTreeMap<&'static str, Counter>>,
     hypercalls: Mutex<BTreeMap<u16, Counter>>,
+    switches: Mutex<VtlSwitchStats>,
+}
+
+/// Where the time of the VP's VTL switches (HvCallVtlCall, HvCallVtlReturn)
+/// went, up to the target VTL's `KVM_RUN`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct VtlSwitchStats {
+    /// Completing the caller's trapping port write (a `KVM_RUN` that runs no
+    /// guest instruction).
+    pub completion: Counter,
+    /// Reading the shared state from the caller's vCPU and loading it into
+    /// the target's (with the target's entry reason).
+    pub copy: Counter,
 }
 
 impl Stats {
@@ -49,6 +62,19 @@ impl Stats {
         c.count += 1;
         c.failed += (status != HvStatus::SUCCESS) as u64;
         c.time += time;
+    }
+
+    pub(crate) fn vtl_switch(&self, completion: Duration, copy: Duration) {
+        let mut s = self.switches.lock().unwrap_or_else(|e| e.into_inner());
+        s.completion.count += 1;
+        s.completion.time += completion;
+        s.copy.count += 1;
+        s.copy.time += copy;
+    }
+
+    /// The VTL switches so far and where their time went.
+    pub fn vtl_switches(&self) -> VtlSwitchStats {
+        *self.switches.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Exits by reason, each timed from KVM_RUN entry to the exit (guest execution
@@ -105,6 +131,16 @@ impl fmt::Display for Stats {
                 avg(&c)
             )?;
         }
+        let v = self.vtl_switches();
+        if v.completion.count > 0 {
+            writeln!(
+                f,
+                "VTL switches {}: completion {:.2} us, shared-state copy {:.2} us (avg)",
+                v.completion.count,
+                avg(&v.completion),
+                avg(&v.copy)
+            )?;
+        }
         Ok(())
     }
 }
@@ -149,5 +185,22 @@ mod tests {
         assert_eq!(count("Halt"), Some(1));
         let shown = format!("{stats}");
         assert!(shown.contains("IoPortAccess (hypercall)"), "{shown}");
+    }
+
+    #[test]
+    fn vtl_switches_are_timed_by_phase() {
+        let stats = Stats::default();
+        assert!(!format!("{stats}").contains("VTL switches"));
+        stats.vtl_switch(Duration::from_micros(2), Duration::from_micros(6));
+        stats.vtl_switch(Duration::from_micros(4), Duration::from_micros(10));
+        let v = stats.vtl_switches();
+        assert_eq!((v.completion.count, v.copy.count), (2, 2));
+        assert_eq!(v.completion.time, Duration::from_micros(6));
+        assert_eq!(v.copy.time, Duration::from_micros(16));
+        let shown = format!("{stats}");
+        assert!(
+            shown.contains("VTL switches 2: completion 3.00 us, shared-state copy 8.00 us"),
+            "{shown}"
+        );
     }
 }

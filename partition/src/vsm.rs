@@ -9,6 +9,8 @@
 //! KERNEL_GS bases, TSC_AUX, the local APIC, and the synthetic MSRs private
 //! to a VTL (kept by the partition per VTL).
 
+use std::time::Instant;
+
 use hv_defs::vsm::{assist, VtlEntryReason, VTL_RETURN_FAST};
 use hv_defs::Vtl;
 use kvm_bindings::KVM_VCPUEVENT_VALID_SMM;
@@ -125,9 +127,11 @@ impl Vp {
     fn switch_to(&mut self, kind: Switch, target: Vtl, fast: bool) -> Result<(), VpError> {
         let from = self.vtl;
         let kvm = VpError::kvm;
+        let start = Instant::now();
         // The trapping OUT is completed on the caller's vCPU (RIP moves past
         // it, to the stub's RET) without running a further instruction.
         self.complete_pending_exit()?;
+        let completed = Instant::now();
         let cur = self.vcpu_mut();
         let regs = cur.get_regs().map_err(kvm("KVM_GET_REGS"))?;
         let cr2 = cur.get_sregs().map_err(kvm("KVM_GET_SREGS"))?.cr2;
@@ -222,6 +226,9 @@ impl Vp {
             }
         }
         self.swap_in(target, next);
+        self.partition()
+            .stats
+            .vtl_switch(completed - start, completed.elapsed());
         Ok(())
     }
 
