@@ -136,7 +136,7 @@ impl GetVpRegisters for GuestCalls<'_> {
             let v = if let Some(s) = shared_register(name) {
                 target.synthetic(s, vtl).map(HvRegisterValue::from)
             } else if own {
-                match self.0.regs_of(vtl) {
+                match self.0.regs_for(name, vtl) {
                     Some(regs) => hv_regs::get_register(&regs, name).map_err(access_status),
                     None => Err(HvError::INVALID_VTL_STATE),
                 }
@@ -163,7 +163,7 @@ impl SetVpRegisters for GuestCalls<'_> {
         let own = Arc::ptr_eq(&target, self.0.shared());
         for (i, &(name, value)) in registers.iter().enumerate() {
             let r = if own {
-                match self.0.regs_of(vtl) {
+                match self.0.regs_for(name, vtl) {
                     Some(regs) => hv_regs::set_register(&regs, name, value).map_err(access_status),
                     None => Err(HvError::INVALID_VTL_STATE),
                 }

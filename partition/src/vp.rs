@@ -120,6 +120,12 @@ pub(crate) struct Parked {
     pub synced: bool,
     /// The EnableVpVtl context, until the VTL's first entry.
     pub first_entry: Option<InitialVpContext>,
+    /// The state shared across VTLs as the vCPU held it when it was parked
+    /// (read from it by the switch that parked it).
+    pub shared_state: Option<crate::vsm::SharedState>,
+    /// Set by a register write through [`RegAccess`] while parked: its
+    /// `kvm_run` copy and `shared_state` may be stale.
+    pub touched: Cell<bool>,
 }
 
 impl Drop for Vp {
@@ -148,6 +154,8 @@ pub(crate) struct RegAccess<'a> {
     pub wrote_regs: &'a Cell<bool>,
     /// The VTL the vCPU belongs to (the instance of a per-VTL VSM register).
     pub vtl: Vtl,
+    /// A parked vCPU's [`Parked::touched`], set by every write.
+    pub touched: Option<&'a Cell<bool>>,
 }
 
 /// A KVM failure of `what`, with its source.
@@ -156,6 +164,12 @@ fn kvm<T>(what: &'static str, r: Result<T, kvm_ioctls::Error>) -> Result<T, VpEr
 }
 
 impl RegAccess<'_> {
+    fn touch(&self) {
+        if let Some(t) = self.touched {
+            t.set(true);
+        }
+    }
+
     /// The KVM backend of `hv-regs` over this vCPU.
     fn kvm(&self) -> hv_regs::KvmVcpu<'_> {
         hv_regs::KvmVcpu {
@@ -174,6 +188,7 @@ impl VcpuRegisters for RegAccess<'_> {
         kvm("KVM_GET_REGS", self.kvm().get_regs())
     }
     fn set_regs(&self, regs: &kvm_regs) -> Result<(), VpError> {
+        self.touch();
         self.wrote_regs.set(true);
         kvm("KVM_SET_REGS", self.kvm().set_regs(regs))
     }
@@ -181,30 +196,35 @@ impl VcpuRegisters for RegAccess<'_> {
         kvm("KVM_GET_SREGS", self.kvm().get_sregs())
     }
     fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), VpError> {
+        self.touch();
         kvm("KVM_SET_SREGS", self.kvm().set_sregs(sregs))
     }
     fn get_debugregs(&self) -> Result<kvm_debugregs, VpError> {
         kvm("KVM_GET_DEBUGREGS", self.kvm().get_debugregs())
     }
     fn set_debugregs(&self, d: &kvm_debugregs) -> Result<(), VpError> {
+        self.touch();
         kvm("KVM_SET_DEBUGREGS", self.kvm().set_debugregs(d))
     }
     fn get_xcr0(&self) -> Result<u64, VpError> {
         kvm("KVM_GET_XCRS", self.kvm().get_xcr0())
     }
     fn set_xcr0(&self, value: u64) -> Result<(), VpError> {
+        self.touch();
         kvm("KVM_SET_XCRS", self.kvm().set_xcr0(value))
     }
     fn get_msr(&self, index: u32) -> Result<u64, VpError> {
         kvm("KVM_GET_MSRS", self.kvm().get_msr(index))
     }
     fn set_msr(&self, index: u32, data: u64) -> Result<(), VpError> {
+        self.touch();
         kvm("KVM_SET_MSRS", self.kvm().set_msr(index, data))
     }
     fn get_mp_state(&self) -> Result<u32, VpError> {
         kvm("KVM_GET_MP_STATE", self.kvm().get_mp_state())
     }
     fn set_mp_state(&self, mp_state: u32) -> Result<(), VpError> {
+        self.touch();
         kvm("KVM_SET_MP_STATE", self.kvm().set_mp_state(mp_state))?;
         let mut g = self.shared.lock();
         g.state = g.state.observe(match mp_state {
@@ -357,6 +377,14 @@ impl Vp {
         std::mem::replace(&mut self.synced, synced)
     }
 
+    /// The GPRs (and with `sregs` the special registers) were written into
+    /// the running vCPU's `kvm_run` copy and marked dirty: the next KVM_RUN
+    /// loads them.
+    pub(crate) fn arm_synced(&mut self, sregs: bool) {
+        self.sync = SyncDirty::Armed;
+        self.sregs_armed = sregs;
+    }
+
     /// Loads RAX still pending in the synced registers with KVM_SET_REGS, so that
     /// ioctl-based register access sees and keeps it.
     fn flush_sync_regs(&mut self) {
@@ -387,6 +415,7 @@ impl Vp {
             shared: &self.shared,
             wrote_regs: &self.wrote_regs,
             vtl: self.vtl,
+            touched: None,
         }
     }
 
@@ -402,7 +431,18 @@ impl Vp {
             shared: &self.shared,
             wrote_regs: &self.wrote_regs,
             vtl,
+            touched: Some(&parked.touched),
         })
+    }
+
+    /// Register access for `name` in `vtl`: [`Self::regs_of`], except that a
+    /// register the VTLs share is the running vCPU's (one per VP).
+    pub(crate) fn regs_for(&mut self, name: HvRegisterName, vtl: Vtl) -> Option<RegAccess<'_>> {
+        if vtl != self.vtl && crate::vsm::shared_across_vtls(name) {
+            self.parked.get(vtl.0 as usize)?.as_ref()?;
+            return Some(self.regs());
+        }
+        self.regs_of(vtl)
     }
 
     /// The VTL the VP runs in (its running vCPU's).
@@ -418,10 +458,12 @@ impl Vp {
         vtl: Vtl,
         names: &[HvRegisterName],
     ) -> Result<Vec<HvRegisterValue>, VpError> {
-        let regs = self.regs_of(vtl).ok_or(HvError::INVALID_VTL_STATE)?;
         names
             .iter()
-            .map(|&n| hv_regs::get_register(&regs, n).map_err(access_error))
+            .map(|&n| {
+                let regs = self.regs_for(n, vtl).ok_or(HvError::INVALID_VTL_STATE)?;
+                hv_regs::get_register(&regs, n).map_err(access_error)
+            })
             .collect()
     }
 
@@ -432,8 +474,22 @@ impl Vp {
         vtl: Vtl,
         values: &[(HvRegisterName, HvRegisterValue)],
     ) -> Result<(), VpError> {
+        if vtl == self.vtl {
+            let regs = self.regs();
+            return hv_regs::set_registers(&regs, values).map_err(|(_, e)| access_error(e));
+        }
+        // The registers the VTLs share are the running vCPU's: validated
+        // with the rest first, then written as two batches.
+        for &(n, v) in values {
+            hv_regs::validate(n, v).map_err(|f| VpError::Status(f.status()))?;
+        }
+        let (shared, private): (Vec<_>, Vec<_>) = values
+            .iter()
+            .partition(|(n, _)| crate::vsm::shared_across_vtls(*n));
         let regs = self.regs_of(vtl).ok_or(HvError::INVALID_VTL_STATE)?;
-        hv_regs::set_registers(&regs, values).map_err(|(_, e)| access_error(e))
+        hv_regs::set_registers(&regs, &private).map_err(|(_, e)| access_error(e))?;
+        let regs = self.regs();
+        hv_regs::set_registers(&regs, &shared).map_err(|(_, e)| access_error(e))
     }
 
     /// Reads registers by HV name (HvGetVpRegisters, as the host calls it): a

@@ -13,12 +13,46 @@ use std::time::Instant;
 
 use hv_defs::vsm::{assist, VtlEntryReason, VTL_RETURN_FAST};
 use hv_defs::Vtl;
-use kvm_bindings::KVM_VCPUEVENT_VALID_SMM;
+use std::cell::Cell;
+
+use kvm_bindings::{
+    kvm_fpu, kvm_regs, kvm_sync_regs, kvm_xcrs, kvm_xsave, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
+    KVM_VCPUEVENT_VALID_SMM,
+};
+use kvm_ioctls::{SyncReg, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::error::VpError;
 use crate::shared::VtlVcpu;
 use crate::vp::{Parked, Vp, VECTOR_UD};
+
+/// Whether `name` is one of the registers a VP's VTLs share (TLFS "Virtual
+/// Processor State Isolation"): RAX-R15 but RSP, CR2, DR0-DR3 and XCR0. There
+/// is one of each per VP, so an access naming any VTL reaches the running
+/// vCPU's, which holds it. (MTRRs, shared in the TLFS, are kept per VTL:
+/// `choices`.)
+pub(crate) fn shared_across_vtls(name: hv_regs::HvRegisterName) -> bool {
+    use hv_regs::{Control, DebugRegister, Gpr, KvmRegister as K};
+    match hv_regs::location(name) {
+        Some(K::Gpr(Gpr::Rsp | Gpr::Rip | Gpr::Rflags)) => false,
+        Some(K::Gpr(_)) => true,
+        Some(K::Control(Control::Cr2)) => true,
+        Some(K::Control(
+            Control::Cr0
+            | Control::Cr3
+            | Control::Cr4
+            | Control::Cr8
+            | Control::Efer
+            | Control::ApicBase,
+        )) => false,
+        Some(K::Debug(DebugRegister::Dr(_))) => true,
+        Some(K::Debug(DebugRegister::Dr6 | DebugRegister::Dr7)) => false,
+        Some(K::Xcr0) => true,
+        Some(K::Msr(_) | K::Segment(_) | K::Table(_) | K::MpState | K::Synthetic(_)) | None => {
+            false
+        }
+    }
+}
 
 /// An INIT (and the SIPI after it) that the VTL's in-kernel LAPIC latched
 /// while the VP ran a higher VTL is dropped before the VTL resumes: "INIT and
@@ -68,6 +102,8 @@ impl Vp {
                     vcpu,
                     synced: false,
                     first_entry: Some(first_entry),
+                    shared_state: None,
+                    touched: Cell::new(false),
                 });
             }
         }
@@ -86,7 +122,7 @@ impl Vp {
             .and_then(Option::take)
             .ok_or(hv_defs::HvError::INVALID_VP_STATE)?;
         next.first_entry = None;
-        self.swap_in(vtl, next);
+        self.swap_in(vtl, next, None, None);
         Ok(())
     }
 
@@ -129,90 +165,31 @@ impl Vp {
         let kvm = VpError::kvm;
         let start = Instant::now();
         // The trapping OUT is completed on the caller's vCPU (RIP moves past
-        // it, to the stub's RET) without running a further instruction.
+        // it, to the stub's RET) without running a further instruction; KVM
+        // stores the registers in `kvm_run` as that KVM_RUN returns.
         self.complete_pending_exit()?;
         let completed = Instant::now();
         let cur = self.vcpu_mut();
-        let regs = cur.get_regs().map_err(kvm("KVM_GET_REGS"))?;
-        let cr2 = cur.get_sregs().map_err(kvm("KVM_GET_SREGS"))?.cr2;
-        let debug = cur.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?;
-        let xsave = cur.get_xsave().ok();
-        let fpu = match xsave {
-            Some(_) => None,
-            None => Some(cur.get_fpu().map_err(kvm("KVM_GET_FPU"))?),
+        let (regs, cr2) = match synced_copy(cur) {
+            Some(s) => (s.regs, s.sregs.cr2),
+            None => (
+                cur.get_regs().map_err(kvm("KVM_GET_REGS"))?,
+                cur.get_sregs().map_err(kvm("KVM_GET_SREGS"))?.cr2,
+            ),
         };
-        let xcrs = cur.get_xcrs().ok();
+        let shared = SharedState::read(cur)?;
         let mut next = self.parked[target.0 as usize]
             .take()
             .ok_or(hv_defs::HvError::INVALID_VP_STATE)?;
-        let loaded = (|| {
-            let v = &next.vcpu;
-            let (mut tregs, mut tsregs) = match next.first_entry {
-                Some(ctx) => {
-                    // The VTL's first entry: its EnableVpVtl context over the
-                    // vCPU's reset state.
-                    let base = v.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-                    let k = crate::vp::context_on(v, self.shared().vendor, &ctx, &base)?;
-                    (k.regs, k.sregs)
+        let (armed, sregs_armed) =
+            match self.load_target(&mut next, target, kind, fast, &regs, cr2, &shared) {
+                Ok(armed) => armed,
+                Err(e) => {
+                    next.vcpu.get_kvm_run().kvm_dirty_regs = 0;
+                    self.parked[target.0 as usize] = Some(next);
+                    return Err(e);
                 }
-                None => (
-                    v.get_regs().map_err(kvm("KVM_GET_REGS"))?,
-                    v.get_sregs().map_err(kvm("KVM_GET_SREGS"))?,
-                ),
             };
-            let (rsp, rip, rflags) = (tregs.rsp, tregs.rip, tregs.rflags);
-            tregs = regs;
-            tregs.rsp = rsp;
-            tregs.rip = rip;
-            tregs.rflags = rflags;
-            if kind == Switch::Return && !fast {
-                // A non-fast return: the lower VTL's RAX and RCX from the
-                // returning VTL's control area (TLFS HvCallVtlReturn).
-                if let Some(page) = self.assist_page(from) {
-                    let mem = self.partition().memory();
-                    let rd = |off| mem.read_obj::<u64>(GuestAddress(page + off)).ok();
-                    if let (Some(rax), Some(rcx)) = (
-                        rd(assist::VTL_RETURN_X64_RAX),
-                        rd(assist::VTL_RETURN_X64_RCX),
-                    ) {
-                        tregs.rax = rax;
-                        tregs.rcx = rcx;
-                    }
-                }
-            }
-            // KVM_SET_SREGS resets the MMU: only for a first entry or a CR2
-            // the other VTL changed.
-            if next.first_entry.is_some() || tsregs.cr2 != cr2 {
-                tsregs.cr2 = cr2;
-                v.set_sregs(&tsregs).map_err(kvm("KVM_SET_SREGS"))?;
-            }
-            v.set_regs(&tregs).map_err(kvm("KVM_SET_REGS"))?;
-            let mut d = v.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?;
-            if d.db != debug.db {
-                d.db = debug.db;
-                v.set_debug_regs(&d).map_err(kvm("KVM_SET_DEBUGREGS"))?;
-            }
-            match (&xsave, &fpu) {
-                (Some(x), _) => {
-                    // SAFETY: `x` was read by KVM_GET_XSAVE from a vCPU with
-                    // the same CPUID, so its layout is the one KVM expects.
-                    unsafe { v.set_xsave(x) }.map_err(kvm("KVM_SET_XSAVE"))?
-                }
-                (None, Some(f)) => v.set_fpu(f).map_err(kvm("KVM_SET_FPU"))?,
-                (None, None) => {}
-            }
-            if let Some(x) = &xcrs {
-                v.set_xcrs(x).map_err(kvm("KVM_SET_XCRS"))?;
-            }
-            if kind == Switch::Return {
-                drop_latched_init(v, self.index().0, target)?;
-            }
-            Ok::<_, VpError>(())
-        })();
-        if let Err(e) = loaded {
-            self.parked[target.0 as usize] = Some(next);
-            return Err(e);
-        }
         next.first_entry = None;
         if kind == Switch::Return {
             self.shared().lock().release_tlb_locks(from);
@@ -225,11 +202,95 @@ impl Vp {
                 );
             }
         }
-        self.swap_in(target, next);
+        self.swap_in(target, next, Some(shared), armed.then_some(sregs_armed));
         self.partition()
             .stats
             .vtl_switch(completed - start, completed.elapsed());
         Ok(())
+    }
+
+    /// Loads the caller's shared state (`regs` but RSP, RIP and RFLAGS; `cr2`;
+    /// `shared`) into the target VTL's vCPU, over the target's own private
+    /// state or, at its first entry, its EnableVpVtl context. The GPRs and
+    /// special registers go through the target's `kvm_run` copy where KVM
+    /// syncs it (applied by its next KVM_RUN; returned: whether they are
+    /// pending, and the special registers with them); what the target already
+    /// holds is not loaded again.
+    #[allow(clippy::too_many_arguments)]
+    fn load_target(
+        &self,
+        next: &mut Parked,
+        target: Vtl,
+        kind: Switch,
+        fast: bool,
+        regs: &kvm_regs,
+        cr2: u64,
+        shared: &SharedState,
+    ) -> Result<(bool, bool), VpError> {
+        let kvm = VpError::kvm;
+        let from = self.vtl;
+        let fresh = next.synced && !next.touched.get();
+        let v = &mut next.vcpu;
+        let first_entry = next.first_entry;
+        let (mut tregs, mut tsregs) = match (first_entry, fresh.then(|| synced_copy(v)).flatten()) {
+            (Some(ctx), _) => {
+                // The VTL's first entry: its EnableVpVtl context over the
+                // vCPU's reset state.
+                let base = v.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+                let k = crate::vp::context_on(v, self.shared().vendor, &ctx, &base)?;
+                (k.regs, k.sregs)
+            }
+            (None, Some(s)) => (s.regs, s.sregs),
+            (None, None) => (
+                v.get_regs().map_err(kvm("KVM_GET_REGS"))?,
+                v.get_sregs().map_err(kvm("KVM_GET_SREGS"))?,
+            ),
+        };
+        let (rsp, rip, rflags) = (tregs.rsp, tregs.rip, tregs.rflags);
+        tregs = *regs;
+        tregs.rsp = rsp;
+        tregs.rip = rip;
+        tregs.rflags = rflags;
+        if kind == Switch::Return && !fast {
+            // A non-fast return: the lower VTL's RAX and RCX from the
+            // returning VTL's control area (TLFS HvCallVtlReturn).
+            if let Some(page) = self.assist_page(from) {
+                let mem = self.partition().memory();
+                let rd = |off| mem.read_obj::<u64>(GuestAddress(page + off)).ok();
+                if let (Some(rax), Some(rcx)) = (
+                    rd(assist::VTL_RETURN_X64_RAX),
+                    rd(assist::VTL_RETURN_X64_RCX),
+                ) {
+                    tregs.rax = rax;
+                    tregs.rcx = rcx;
+                }
+            }
+        }
+        // Loading the special registers resets KVM's MMU: only for a first
+        // entry or a CR2 the other VTL changed.
+        let load_sregs = first_entry.is_some() || tsregs.cr2 != cr2;
+        tsregs.cr2 = cr2;
+        let armed = synced_copy(v).is_some();
+        if armed {
+            let s = v.sync_regs_mut();
+            s.regs = tregs;
+            v.set_sync_dirty_reg(SyncReg::Register);
+            if load_sregs {
+                v.sync_regs_mut().sregs = tsregs;
+                v.set_sync_dirty_reg(SyncReg::SystemRegister);
+            }
+        } else {
+            if load_sregs {
+                v.set_sregs(&tsregs).map_err(kvm("KVM_SET_SREGS"))?;
+            }
+            v.set_regs(&tregs).map_err(kvm("KVM_SET_REGS"))?;
+        }
+        let held = next.shared_state.as_ref().filter(|_| !next.touched.get());
+        shared.load(v, held)?;
+        if kind == Switch::Return {
+            drop_latched_init(v, self.index().0, target)?;
+        }
+        Ok((armed, load_sregs))
     }
 
     /// The GPA of `vtl`'s VP assist page, if enabled.
@@ -260,18 +321,32 @@ impl Vp {
         }
     }
 
-    /// `next` (of `vtl`) becomes the running vCPU; the one running is parked.
-    fn swap_in(&mut self, vtl: Vtl, next: Parked) {
+    /// `next` (of `vtl`) becomes the running vCPU; the one running is parked
+    /// with the shared state it holds (`shared`, if read). `armed`: registers pending
+    /// in the incoming `kvm_run` copy (`Some(true)`: the special registers
+    /// too).
+    fn swap_in(
+        &mut self,
+        vtl: Vtl,
+        next: Parked,
+        shared: Option<SharedState>,
+        armed: Option<bool>,
+    ) {
         let Parked {
             vcpu: mut incoming,
             synced,
             first_entry,
+            shared_state: _,
+            touched: _,
         } = next;
-        let shared = self.shared().clone();
-        let mut g = shared.lock();
+        let vp = self.shared().clone();
+        let mut g = vp.lock();
         let outgoing_synced = self.replace_vcpu(&mut incoming, synced);
+        if let Some(sregs) = armed {
+            self.arm_synced(sregs);
+        }
         let ptr: *mut u8 = &mut self.vcpu_for_run().get_kvm_run().immediate_exit;
-        shared.gate.interrupter().set_target(ptr);
+        vp.gate.interrupter().set_target(ptr);
         if let Ok(s) = g.state.switch_vtl(vtl) {
             g.state = s;
         }
@@ -281,8 +356,86 @@ impl Vp {
             vcpu: incoming,
             synced: outgoing_synced,
             first_entry,
+            shared_state: shared,
+            touched: Cell::new(false),
         });
         self.vtl = vtl;
         self.page_translation.set(None);
+    }
+}
+
+/// The registers KVM stored in `vcpu`'s `kvm_run` at its last KVM_RUN, if it
+/// syncs both the GPRs and the special registers there.
+fn synced_copy(vcpu: &mut VcpuFd) -> Option<kvm_sync_regs> {
+    let both = (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS) as u64;
+    (vcpu.get_kvm_run().kvm_valid_regs & both == both).then(|| vcpu.sync_regs())
+}
+
+/// The state a VP's VTLs share that has ioctls of its own: DR0-DR3, the x87/
+/// SSE/AVX state (XSAVE, or the legacy FPU image where KVM has no XSAVE) and
+/// XCR0.
+#[derive(Debug)]
+pub(crate) struct SharedState {
+    db: [u64; 4],
+    fpu: Fpu,
+    xcrs: Option<kvm_xcrs>,
+}
+
+#[derive(Debug)]
+enum Fpu {
+    Xsave(Box<kvm_xsave>),
+    Legacy(Box<kvm_fpu>),
+}
+
+impl Fpu {
+    fn same(&self, other: &Fpu) -> bool {
+        match (self, other) {
+            (Fpu::Xsave(a), Fpu::Xsave(b)) => a.region == b.region,
+            (Fpu::Legacy(a), Fpu::Legacy(b)) => a == b,
+            (Fpu::Xsave(_), Fpu::Legacy(_)) | (Fpu::Legacy(_), Fpu::Xsave(_)) => false,
+        }
+    }
+}
+
+impl SharedState {
+    fn read(vcpu: &VcpuFd) -> Result<SharedState, VpError> {
+        let kvm = VpError::kvm;
+        let db = vcpu.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?.db;
+        let fpu = match vcpu.get_xsave() {
+            Ok(x) => Fpu::Xsave(Box::new(x)),
+            Err(_) => Fpu::Legacy(Box::new(vcpu.get_fpu().map_err(kvm("KVM_GET_FPU"))?)),
+        };
+        let xcrs = vcpu.get_xcrs().ok();
+        Ok(SharedState { db, fpu, xcrs })
+    }
+
+    /// Loads this state into `vcpu`, skipping what `held` (the state `vcpu`
+    /// holds, if known) already has.
+    fn load(&self, vcpu: &VcpuFd, held: Option<&SharedState>) -> Result<(), VpError> {
+        let kvm = VpError::kvm;
+        if held.map(|h| h.db) != Some(self.db) {
+            let mut d = vcpu.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?;
+            if d.db != self.db {
+                d.db = self.db;
+                vcpu.set_debug_regs(&d).map_err(kvm("KVM_SET_DEBUGREGS"))?;
+            }
+        }
+        if !held.is_some_and(|h| h.fpu.same(&self.fpu)) {
+            match &self.fpu {
+                Fpu::Xsave(x) => {
+                    // SAFETY: `x` was read by KVM_GET_XSAVE from a vCPU of the
+                    // same VP, with the same CPUID, so its layout is the one
+                    // KVM expects.
+                    unsafe { vcpu.set_xsave(x) }.map_err(kvm("KVM_SET_XSAVE"))?
+                }
+                Fpu::Legacy(f) => vcpu.set_fpu(f).map_err(kvm("KVM_SET_FPU"))?,
+            }
+        }
+        if let Some(x) = &self.xcrs {
+            if held.and_then(|h| h.xcrs.as_ref()) != Some(x) {
+                vcpu.set_xcrs(x).map_err(kvm("KVM_SET_XCRS"))?;
+            }
+        }
+        Ok(())
     }
 }

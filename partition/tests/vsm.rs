@@ -30,6 +30,8 @@ const IDT: u64 = 0x3000;
 /// The VSM configuration registers' hypercall inputs (0x40 apart) and, at
 /// +0x800, their outputs.
 const CONFIG_INPUTS: u64 = DATA + 0x2000;
+/// A second PML4 (the same mappings) VTL 1 gives VTL 0.
+const ALT_PML4: u64 = 0x4E000;
 /// The guest's #UD handler (in VTL 0's code blob).
 const UD_HANDLER: u64 = CODE + 0x800;
 
@@ -166,6 +168,21 @@ hvkvm_vsm_vtl0_start:
     out 0x48, eax
     mov eax, ebx
     out 0x49, eax
+    // A third VTL call: VTL 1 moves VTL 0's RIP and CR3 and sets RBX.
+    xor ecx, ecx
+    mov eax, {hc0} + 0x10
+    call rax
+    // Not reached: VTL 1 moved the RIP.
+    mov eax, 0xBAD
+    out 0x4E, eax
+    .globl hvkvm_vsm_vtl0_landing
+hvkvm_vsm_vtl0_landing:
+    mov eax, 1
+    out 0x4B, eax
+    mov rax, cr3
+    out 0x4C, eax
+    mov eax, ebx
+    out 0x4D, eax
     out 0x1F, eax
 2:  jmp 2b
 
@@ -257,6 +274,15 @@ hvkvm_vsm_vtl1_start:
     mov ecx, 1
     mov eax, {hc1} + 0x20
     call rax
+    // The third call: VTL 0's RIP, CR3 (private) and RBX (shared) written
+    // by input VTL, VTL 0's RAX read (shared: VTL 1's own).
+    hvcall {hc1}, 0x0000000300000051, {data} + 0x500, 0, 0x58
+    hvcall {hc1}, 0x0000000100000050, {data} + 0x580, {data} + 0x1500, 0x59
+    mov eax, ebx
+    out 0x5A, eax
+    mov ecx, 1
+    mov eax, {hc1} + 0x20
+    call rax
 3:  jmp 3b
     .globl hvkvm_vsm_vtl1_end
 hvkvm_vsm_vtl1_end:
@@ -273,6 +299,7 @@ hvkvm_vsm_vtl1_end:
 extern "C" {
     static hvkvm_vsm_vtl0_start: u8;
     static hvkvm_vsm_vtl0_end: u8;
+    static hvkvm_vsm_vtl0_landing: u8;
     static hvkvm_vsm_ud_start: u8;
     static hvkvm_vsm_ud_end: u8;
     static hvkvm_vsm_vtl1_start: u8;
@@ -375,6 +402,26 @@ fn setup_guest(p: &Partition) {
         &registers_input(0x10, &[0x0002_0010, 0x0004_0002, 0x0008_0009]),
     );
     put(p, DATA + 0x400, &registers_input(0x11, &[0x000D_0003]));
+    // VTL 0's RIP, CR3 and RBX set by input VTL 0 (HV_INPUT_VTL 0x10), then
+    // its RAX read.
+    // SAFETY: symbols the global_asm! above defines, read by address only.
+    let landing = unsafe {
+        (&hvkvm_vsm_vtl0_landing as *const u8 as u64) - (&hvkvm_vsm_vtl0_start as *const u8 as u64)
+    };
+    let mut set = registers_input(0x10, &[]);
+    for (name, value) in [
+        (0x0002_0010u32, CODE + landing),
+        (0x0004_0002, ALT_PML4),
+        (0x0002_0003, 0xB0B0),
+    ] {
+        set.extend(name.to_le_bytes());
+        set.extend([0u8; 12]);
+        set.extend(value.to_le_bytes());
+        set.extend(0u64.to_le_bytes());
+    }
+    put(p, DATA + 0x500, &set);
+    put(p, DATA + 0x580, &registers_input(0x10, &[0x0002_0000]));
+    put(p, ALT_PML4, &(PDPT | 3).to_le_bytes());
     // VSM configuration (TLFS "Partition Configuration", "Configuring Lower
     // VTLs"): one SetVpRegisters element or GetVpRegisters name each.
     const CONFIG: u32 = 0x000D_0007;
@@ -537,4 +584,20 @@ fn vtl1_is_entered_by_vtl_call_and_keeps_its_own_state() {
     // control input, 1), not the control area's 0x7777.
     assert_eq!(one(0x48), 1);
     assert_eq!(one(0x49), 0x5555);
+    // SetVpRegisters by input VTL from VTL 1: VTL 0's private RIP and CR3
+    // take effect at the return (VTL 0 resumes at the new RIP); RBX, shared,
+    // is the one RBX of the VP, seen at once in VTL 1 and after the return in
+    // VTL 0; VTL 0's RAX read from VTL 1 is VTL 1's (TLFS "Virtual Processor
+    // State Isolation": shared registers).
+    assert_eq!(status(0x58), HvStatus::SUCCESS);
+    assert_eq!(status(0x59), HvStatus::SUCCESS);
+    assert_eq!(value(&p, DATA + 0x1500), VTL1_HYPERCALL);
+    assert_eq!(one(0x5A), 0xB0B0);
+    assert!(
+        port(0x4E).is_empty(),
+        "VTL 0 resumed at its old RIP: {got:x?}"
+    );
+    assert_eq!(one(0x4B), 1);
+    assert_eq!(one(0x4C) as u64, ALT_PML4);
+    assert_eq!(one(0x4D), 0xB0B0);
 }
