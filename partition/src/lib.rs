@@ -49,6 +49,7 @@ mod hypercall;
 pub mod hyperv;
 mod kick;
 mod msr;
+mod mtrr;
 mod overlay;
 mod partition;
 mod run_state;

@@ -789,20 +789,31 @@ fn apply_vm_policies(
         }
         // Deny the synthetic range in the kernel (a host kernel with its own
         // Hyper-V emulation must not answer it) and the VMM's own ranges.
-        let mut ranges: Vec<(u32, u32)> = options.msr_filter.clone();
-        if config.hyperv.is_some() {
-            ranges.push((hyperv::MSR_FIRST, hyperv::MSR_COUNT));
+        let both = MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE;
+        let mut ranges: Vec<(u32, u32, MsrFilterRangeFlags)> = options
+            .msr_filter
+            .iter()
+            .map(|&(base, n)| (base, n, both))
+            .collect();
+        if let Some(h) = config.hyperv {
+            ranges.push((hyperv::MSR_FIRST, hyperv::MSR_COUNT, both));
+            if h.max_vtl > h.boot_vtl {
+                // MTRR writes reach every VTL's vCPU of the VP (`mtrr`).
+                for &(base, n) in &crate::mtrr::RANGES {
+                    ranges.push((base, n, MsrFilterRangeFlags::WRITE));
+                }
+            }
         }
         if !ranges.is_empty() {
             let bitmaps: Vec<Vec<u8>> = ranges
                 .iter()
-                .map(|&(_, n)| vec![0u8; n.div_ceil(8) as usize])
+                .map(|&(_, n, _)| vec![0u8; n.div_ceil(8) as usize])
                 .collect();
             let filter: Vec<MsrFilterRange<'_>> = ranges
                 .iter()
                 .zip(&bitmaps)
-                .map(|(&(base, msr_count), bitmap)| MsrFilterRange {
-                    flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+                .map(|(&(base, msr_count, flags), bitmap)| MsrFilterRange {
+                    flags,
                     base,
                     msr_count,
                     bitmap,

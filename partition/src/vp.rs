@@ -37,6 +37,8 @@ enum Next {
     TrapPort([u8; 4], usize),
     /// A write to the hypercall overlay page, at this GPA.
     OverlayWrite(u64),
+    /// A guest write to an MTRR (index, value), which every VTL shares.
+    MtrrWrite(u32, u64),
     /// Served; run again.
     Continue,
 }
@@ -110,6 +112,9 @@ pub struct Vp {
     pub(crate) vtl: Vtl,
     /// The vCPUs of the VP's other enabled VTLs, by VTL.
     pub(crate) parked: [Option<Parked>; 3],
+    /// Whether guest MTRR writes exit to be shared by the VP's VTLs (a
+    /// partition that may enable a VTL: [`crate::mtrr`]).
+    mtrrs_shared: bool,
 }
 
 /// A vCPU of a VTL that is not running on the VP now.
@@ -326,6 +331,11 @@ impl Vp {
         set_up_vcpu(&mut vcpu, partition.options.mtrr_write_back, shared.vendor)?;
         let wrote_regs = Cell::new(false);
         let vtl = partition.boot_vtl();
+        let mtrrs_shared = partition.options.msr_exits
+            && partition
+                .config
+                .hyperv
+                .is_some_and(|h| h.max_vtl > h.boot_vtl);
         // The kvm_run mapping stays where it is for the VcpuFd's life; Drop for
         // Vp withdraws the pointer.
         let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
@@ -345,6 +355,7 @@ impl Vp {
             page_translation: Cell::new(None),
             vtl,
             parked: [None, None, None],
+            mtrrs_shared,
         })
     }
 
@@ -560,6 +571,16 @@ impl Vp {
                         Next::OverlayWrite(*gpa)
                     }
                     VpExit::MsrAccess(_) if msr_served => Next::Continue,
+                    VpExit::MsrAccess(m) if this.mtrrs_shared && crate::mtrr::is_mtrr(m.index) => {
+                        match m.written {
+                            Some(v) => Next::MtrrWrite(m.index, v),
+                            None => {
+                                // Reads are not filtered; not expected.
+                                *m.error = 1;
+                                Next::Continue
+                            }
+                        }
+                    }
                     VpExit::Canceled => {
                         let mut g = this.shared.lock();
                         if g.cancel {
@@ -600,6 +621,11 @@ impl Vp {
                 }
                 Next::OverlayWrite(gpa) => {
                     this.serve_memory_write(gpa);
+                }
+                Next::MtrrWrite(index, value) => {
+                    if !this.share_mtrr_write(index, value) {
+                        this.refuse_msr_exit();
+                    }
                 }
                 Next::Continue => {}
             }

@@ -97,6 +97,14 @@ impl Vp {
             first_entry,
         } in new
         {
+            // The VTL shares the VP's MTRRs (`crate::mtrr`).
+            if let Err(e) = crate::mtrr::copy(self.vcpu_mut(), &vcpu) {
+                log::warn!(
+                    "VP {}: MTRRs not copied to VTL {}: {e}",
+                    self.index().0,
+                    vtl.0
+                );
+            }
             if let Some(slot) = self.parked.get_mut(vtl.0 as usize) {
                 *slot = Some(Parked {
                     vcpu,

@@ -51,6 +51,12 @@ std::arch::global_asm!(
 hvkvm_vsm_vtl0_start:
     .code64
     lidt [{idtr}]
+    // An MTRR (IA32_MTRR_PHYSBASE1: 256 MiB, write-protect) before VTL 1
+    // exists.
+    mov ecx, 0x202
+    mov eax, 0x10000005
+    xor edx, edx
+    wrmsr
     // The guest OS id and VTL 0's hypercall page.
     mov ecx, 0x40000000
     mov eax, 1
@@ -160,6 +166,9 @@ hvkvm_vsm_vtl0_start:
     out 0x46, eax
     mov rax, cr2
     out 0x47, eax
+    mov ecx, 0x200
+    rdmsr
+    out 0x4F, eax
     // The second VTL call resumes VTL 1 after its return sequence; it comes
     // back with a fast return.
     xor ecx, ecx
@@ -205,6 +214,14 @@ hvkvm_vsm_vtl1_start:
     out 0x50, eax
     mov rax, cr3
     out 0x51, eax
+    // The VP's MTRRs, and one written in VTL 1 (PHYSBASE0: write-back).
+    mov ecx, 0x202
+    rdmsr
+    out 0x5B, eax
+    mov ecx, 0x200
+    mov eax, 6
+    xor edx, edx
+    wrmsr
     // VTL 1's own guest OS id, hypercall page and VP assist page.
     mov ecx, 0x40000000
     mov eax, 1
@@ -576,6 +593,10 @@ fn vtl1_is_entered_by_vtl_call_and_keeps_its_own_state() {
     assert_eq!(one(0x45), 0xAAAA_0000);
     assert_eq!(one(0x46) as u64, PML4);
     assert_eq!(one(0x47), 0x7000);
+    // MTRRs are shared (TLFS "Virtual Processor State Isolation"): VTL 1
+    // starts with VTL 0's, and VTL 0 sees the one VTL 1 wrote.
+    assert_eq!(one(0x5B), 0x1000_0005);
+    assert_eq!(one(0x4F), 6);
     // The second call resumed VTL 1 after its return sequence, with entry
     // reason 1 (VTL call) in its VP assist page; its LSTAR kept.
     assert_eq!(one(0x56), 1);
