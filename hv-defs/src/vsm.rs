@@ -155,6 +155,13 @@ pub mod assist {
     pub const VTL_RETURN_X64_RAX: u64 = 16;
     /// VtlReturnX64Rcx: RCX of the lower VTL after a non-fast VTL return.
     pub const VTL_RETURN_X64_RCX: u64 = 24;
+    /// VtlReturnX86Eax (u32): EAX of a 32-bit lower VTL after a non-fast
+    /// VTL return.
+    pub const VTL_RETURN_X86_EAX: u64 = 16;
+    /// VtlReturnX86Ecx (u32).
+    pub const VTL_RETURN_X86_ECX: u64 = 20;
+    /// VtlReturnX86Edx (u32).
+    pub const VTL_RETURN_X86_EDX: u64 = 24;
 }
 
 /// HvCallVtlReturn's control input (RCX at the VTL return): bit 0 is a fast
@@ -179,6 +186,14 @@ mod tests {
         assert_eq!(VtlEntryReason::VtlCall as u32, 1);
         assert_eq!(VtlEntryReason::Intercept as u32, 3);
         assert_eq!(assist::VTL_RETURN_X64_RCX, 24);
+        assert_eq!(
+            (
+                assist::VTL_RETURN_X86_EAX,
+                assist::VTL_RETURN_X86_ECX,
+                assist::VTL_RETURN_X86_EDX
+            ),
+            (16, 20, 24)
+        );
     }
 
     /// TLFS "Partition Configuration" and "Configuring Lower VTLs" layouts.

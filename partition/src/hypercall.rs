@@ -35,10 +35,12 @@ impl Vp {
         let code = hc.control.code();
         if code == HypercallCode::VTL_CALL || code == HypercallCode::VTL_RETURN {
             // The page's VTL sequences moved the guest's control input to RAX
-            // (a 32-bit caller passes it in ECX; see `hyperv::HYPERCALL_PAGE`).
+            // (a 32-bit caller's to EDX:ECX; see `hyperv::HYPERCALL_PAGE`).
             let control = match mode {
                 CallerMode::Long => regs.rax,
-                CallerMode::Protected | CallerMode::Illegal => regs.rcx & 0xFFFF_FFFF,
+                CallerMode::Protected | CallerMode::Illegal => {
+                    ((regs.rdx & 0xFFFF_FFFF) << 32) | (regs.rcx & 0xFFFF_FFFF)
+                }
             };
             let kind = if code == HypercallCode::VTL_CALL {
                 Switch::Call
@@ -56,7 +58,7 @@ impl Vp {
             input: hc.rdx,
             output: hc.r8,
         };
-        let result = hv_hypercall::dispatch(partition.memory(), call, &mut GuestCalls(self));
+        let result = hv_hypercall::dispatch(partition.memory(), call, &mut GuestCalls(self, mode));
         self.set_result(result.0, mode);
         partition
             .stats
@@ -64,8 +66,9 @@ impl Vp {
     }
 }
 
-/// The calls this partition serves to its guests, for the dispatcher.
-struct GuestCalls<'a>(&'a mut Vp);
+/// The calls this partition serves to its guests, for the dispatcher: the
+/// calling VP and the mode it called from.
+struct GuestCalls<'a>(&'a mut Vp, CallerMode);
 
 impl GuestCalls<'_> {
     /// The calling VP, for the TLFS checks `hv-hypercall` shares.
@@ -133,7 +136,12 @@ impl GetVpRegisters for GuestCalls<'_> {
             .map_err(|e| (e, 0))?;
         let own = Arc::ptr_eq(&target, self.0.shared());
         for (i, (&name, value)) in names.iter().zip(values.iter_mut()).enumerate() {
-            let v = if let Some(s) = shared_register(name) {
+            let v = if name == HvRegisterName::VSM_CODE_PAGE_OFFSETS
+                && self.1 == CallerMode::Protected
+            {
+                // The sequences a 32-bit caller can execute.
+                Ok(crate::hyperv::VSM_CODE_PAGE_OFFSETS_32.0.into())
+            } else if let Some(s) = shared_register(name) {
                 target.synthetic(s, vtl).map(HvRegisterValue::from)
             } else if own {
                 match self.0.regs_for(name, vtl) {

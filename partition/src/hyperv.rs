@@ -15,9 +15,13 @@ pub const HYPERCALL_PORT: u16 = 0xE0;
 /// - [`VTL_CALL_OFFSET`], HvCallVtlCall for a 64-bit caller: `mov %rcx, %rax;
 ///   mov $0x11, %ecx; out %eax, $0xE0; ret` (the guest's control input moves to
 ///   RAX, which the TLFS leaves clobbered; RCX carries the call code);
-/// - [`VTL_RETURN_OFFSET`], HvCallVtlReturn the same with code 0x12.
-pub const HYPERCALL_PAGE: [u8; 0x2B] = {
-    let mut p = [0xCCu8; 0x2B];
+/// - [`VTL_RETURN_OFFSET`], HvCallVtlReturn the same with code 0x12;
+/// - [`VTL_CALL_OFFSET_32`] and [`VTL_RETURN_OFFSET_32`], the same for a
+///   32-bit caller: `mov %eax, %ecx; mov $code, %eax; out %eax, $0xE0; ret`
+///   (the control input is EDX:EAX, ECX the reserved register; the low half
+///   moves to ECX, EAX carries the call code, EDX keeps the high half).
+pub const HYPERCALL_PAGE: [u8; 0x4B] = {
+    let mut p = [0xCCu8; 0x4B];
     let out = [0xE7, HYPERCALL_PORT as u8, 0xC3];
     let mut i = 0;
     while i < 3 {
@@ -46,6 +50,24 @@ pub const HYPERCALL_PAGE: [u8; 0x2B] = {
             p[at + j] = seq[j];
             j += 1;
         }
+        let at = [VTL_CALL_OFFSET_32, VTL_RETURN_OFFSET_32][stub] as usize;
+        let seq = [
+            0x89,
+            0xC1,
+            0xB8,
+            code,
+            0,
+            0,
+            0,
+            0xE7,
+            HYPERCALL_PORT as u8,
+            0xC3,
+        ];
+        let mut j = 0;
+        while j < seq.len() {
+            p[at + j] = seq[j];
+            j += 1;
+        }
         stub += 1;
     }
     p
@@ -55,12 +77,26 @@ pub const HYPERCALL_PAGE: [u8; 0x2B] = {
 pub const VTL_CALL_OFFSET: u16 = 0x10;
 /// Where the 64-bit VTL return sequence starts in the hypercall page.
 pub const VTL_RETURN_OFFSET: u16 = 0x20;
-/// The page offsets of the page's three port writes (the hypercall's, the VTL
-/// call's, the VTL return's).
-pub const TRAP_OFFSETS: [u64; 3] = [0, VTL_CALL_OFFSET as u64 + 8, VTL_RETURN_OFFSET as u64 + 8];
-/// HvRegisterVsmCodePageOffsets.
+/// Where the 32-bit VTL call sequence starts in the hypercall page.
+pub const VTL_CALL_OFFSET_32: u16 = 0x30;
+/// Where the 32-bit VTL return sequence starts in the hypercall page.
+pub const VTL_RETURN_OFFSET_32: u16 = 0x40;
+/// The page offsets of the page's port writes (the hypercall's, then the
+/// 64-bit and the 32-bit VTL call's and return's).
+pub const TRAP_OFFSETS: [u64; 5] = [
+    0,
+    VTL_CALL_OFFSET as u64 + 8,
+    VTL_RETURN_OFFSET as u64 + 8,
+    VTL_CALL_OFFSET_32 as u64 + 7,
+    VTL_RETURN_OFFSET_32 as u64 + 7,
+];
+/// HvRegisterVsmCodePageOffsets as a 64-bit caller reads it.
 pub const VSM_CODE_PAGE_OFFSETS: hv_defs::vsm::VsmCodePageOffsets =
     hv_defs::vsm::VsmCodePageOffsets::new(VTL_CALL_OFFSET, VTL_RETURN_OFFSET);
+/// HvRegisterVsmCodePageOffsets as a 32-bit caller reads it (the register
+/// has one value per VTL; the offsets a caller can use depend on its mode).
+pub const VSM_CODE_PAGE_OFFSETS_32: hv_defs::vsm::VsmCodePageOffsets =
+    hv_defs::vsm::VsmCodePageOffsets::new(VTL_CALL_OFFSET_32, VTL_RETURN_OFFSET_32);
 
 pub use hv_defs::synthetic::*;
 

@@ -86,6 +86,8 @@ pub(crate) enum Switch {
 }
 
 const EINTR: i32 = 4;
+/// IA32_EFER.LMA: the vCPU is in long mode.
+const EFER_LMA: u64 = 1 << 10;
 
 impl Vp {
     /// vCPUs made by HvCallEnableVpVtl for this VP (set up already), taken
@@ -265,7 +267,19 @@ impl Vp {
             if let Some(page) = self.assist_page(from) {
                 let mem = self.partition().memory();
                 let rd = |off| mem.read_obj::<u64>(GuestAddress(page + off)).ok();
-                if let (Some(rax), Some(rcx)) = (
+                let rd32 = |off| mem.read_obj::<u32>(GuestAddress(page + off)).ok();
+                if tsregs.efer & EFER_LMA == 0 {
+                    // A 32-bit lower VTL: VtlReturnX86Eax/Ecx/Edx.
+                    if let (Some(eax), Some(ecx), Some(edx)) = (
+                        rd32(assist::VTL_RETURN_X86_EAX),
+                        rd32(assist::VTL_RETURN_X86_ECX),
+                        rd32(assist::VTL_RETURN_X86_EDX),
+                    ) {
+                        tregs.rax = eax.into();
+                        tregs.rcx = ecx.into();
+                        tregs.rdx = edx.into();
+                    }
+                } else if let (Some(rax), Some(rcx)) = (
                     rd(assist::VTL_RETURN_X64_RAX),
                     rd(assist::VTL_RETURN_X64_RCX),
                 ) {

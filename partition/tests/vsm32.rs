@@ -1,0 +1,259 @@
+//! Virtual Secure Mode from a 32-bit VTL 0, on the real `/dev/kvm`: the
+//! x86 column of the TLFS VTL call convention ("VTL Call": the control input
+//! in EDX:EAX, ECX reserved), the hypercall page's 32-bit sequences at the
+//! offsets HvRegisterVsmCodePageOffsets gives a 32-bit caller, and a non-fast
+//! VTL return from a 64-bit VTL 1 that restores EAX, ECX and EDX from the
+//! VTL control area's x86 fields (HV_VP_VTL_CONTROL).
+
+mod common;
+
+use std::sync::mpsc::channel;
+
+use common::*;
+use hv_defs::vsm::VsmCodePageOffsets;
+use hv_defs::{
+    EnableVpVtlInput, HvStatus, InitialVpContext, PartitionId, SegmentAttributes, SegmentRegister,
+    TableRegister, VpIndex, Vtl,
+};
+use hv_partition::{HyperVConfig, Partition, PartitionConfig};
+use vm_memory::{Bytes, GuestAddress};
+use zerocopy::IntoBytes;
+
+const VTL1_CODE: u64 = 0x30000;
+const VTL1_STACK: u64 = 0x2F000;
+const VTL1_HYPERCALL: u64 = 0x6000;
+const VTL1_ASSIST: u64 = 0x50000;
+
+std::arch::global_asm!(
+    r#"
+    .pushsection .rodata.hvkvm_vsm32_guest, "a"
+    .globl hvkvm_vsm32_vtl0_start
+hvkvm_vsm32_vtl0_start:
+    .code32
+    mov ecx, 0x40000000
+    mov eax, 1
+    mov edx, 0x81000000
+    wrmsr
+    mov ecx, 0x40000001
+    mov eax, {hc0} + 1
+    xor edx, edx
+    wrmsr
+    mov ebp, {hc0}
+    // GetVpRegisters(VsmCodePageOffsets), rep 1: EDX:EAX control, EBX:ECX
+    // input, EDI:ESI output.
+    mov edx, 1
+    mov eax, 0x50
+    xor ebx, ebx
+    mov ecx, {data}
+    xor edi, edi
+    mov esi, {data} + 0x800
+    call ebp
+    out 0x30, eax
+    // EnablePartitionVtl(1), then EnableVpVtl(self, 1, a 64-bit context).
+    xor edx, edx
+    mov eax, 0x0D
+    xor ebx, ebx
+    mov ecx, {data} + 0x40
+    xor edi, edi
+    xor esi, esi
+    call ebp
+    out 0x31, eax
+    xor edx, edx
+    mov eax, 0x0F
+    xor ebx, ebx
+    mov ecx, {data} + 0x100
+    xor edi, edi
+    xor esi, esi
+    call ebp
+    out 0x32, eax
+    // The VTL call through the 32-bit sequence the register named.
+    mov esi, dword ptr [{data} + 0x800]
+    and esi, 0xFFF
+    add esi, {hc0}
+    xor edx, edx
+    xor eax, eax
+    call esi
+    // After VTL 1's non-fast return: EAX, ECX, EDX from its control area.
+    out 0x33, eax
+    mov eax, ecx
+    out 0x34, eax
+    mov eax, edx
+    out 0x35, eax
+    out 0x1F, eax
+2:  jmp 2b
+    .globl hvkvm_vsm32_vtl0_end
+hvkvm_vsm32_vtl0_end:
+
+    .globl hvkvm_vsm32_vtl1_start
+hvkvm_vsm32_vtl1_start:
+    .code64
+    mov eax, 1
+    out 0x50, eax
+    mov ecx, 0x40000000
+    mov eax, 1
+    mov edx, 0x81000000
+    wrmsr
+    mov ecx, 0x40000001
+    mov eax, {hc1} + 1
+    xor edx, edx
+    wrmsr
+    mov ecx, 0x40000073
+    mov eax, {assist} + 1
+    xor edx, edx
+    wrmsr
+    // VsmCodePageOffsets as VTL 1 (64-bit) reads it.
+    mov rcx, 0x0000000100000050
+    mov edx, {data}
+    mov r8d, {data} + 0x810
+    mov eax, {hc1}
+    call rax
+    out 0x51, eax
+    mov dword ptr [{assist} + 16], 0x1111
+    mov dword ptr [{assist} + 20], 0x2222
+    mov dword ptr [{assist} + 24], 0x3333
+    mov rdx, 0x4444
+    xor ecx, ecx
+    mov eax, {hc1} + 0x20
+    call rax
+3:  jmp 3b
+    .globl hvkvm_vsm32_vtl1_end
+hvkvm_vsm32_vtl1_end:
+    .popsection
+"#,
+    hc0 = const HYPERCALL_PAGE,
+    hc1 = const VTL1_HYPERCALL,
+    data = const DATA,
+    assist = const VTL1_ASSIST,
+);
+
+extern "C" {
+    static hvkvm_vsm32_vtl0_start: u8;
+    static hvkvm_vsm32_vtl0_end: u8;
+    static hvkvm_vsm32_vtl1_start: u8;
+    static hvkvm_vsm32_vtl1_end: u8;
+}
+
+fn blob(start: &'static u8, end: &'static u8) -> &'static [u8] {
+    let (s, e) = (start as *const u8, end as *const u8);
+    // SAFETY: both symbols are defined by the global_asm! above, in one
+    // read-only section, `end` after `start`; the bytes between them are
+    // initialized.
+    unsafe { std::slice::from_raw_parts(s, e as usize - s as usize) }
+}
+
+fn put(p: &Partition, gpa: u64, bytes: &[u8]) {
+    p.memory().write_slice(bytes, GuestAddress(gpa)).unwrap();
+}
+
+/// 32-bit protected mode, flat segments, no paging.
+fn protected_mode(rip: u64, rsp: u64) -> InitialVpContext {
+    let flat = |sel, attr| SegmentRegister {
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        selector: sel,
+        attributes: SegmentAttributes(attr),
+    };
+    let data = flat(0x18, 0xC093);
+    InitialVpContext {
+        rip,
+        rsp,
+        rflags: 2,
+        cs: flat(0x20, 0xC09B),
+        ds: data,
+        es: data,
+        fs: data,
+        gs: data,
+        ss: data,
+        tr: SegmentRegister {
+            base: TSS,
+            limit: 0x67,
+            selector: 0,
+            attributes: SegmentAttributes(0x8B),
+        },
+        ldtr: SegmentRegister::default(),
+        idtr: TableRegister::default(),
+        gdtr: TableRegister {
+            pad: [0; 3],
+            limit: 0x27,
+            base: GDT,
+        },
+        efer: 0,
+        cr0: 0x11,
+        cr3: 0,
+        cr4: 0,
+        msr_cr_pat: 0x0007_0406_0007_0406,
+    }
+}
+
+#[test]
+fn a_32_bit_vtl0_calls_vtl1_through_the_32_bit_sequences() {
+    let p = Partition::new(PartitionConfig {
+        max_vps: 1,
+        memory: vec![(0, RAM)],
+        hyperv: Some(HyperVConfig {
+            boot_vtl: Vtl::VTL0,
+            max_vtl: Vtl::VTL1,
+        }),
+        cpuid_masks: vec![],
+    })
+    .unwrap_or_else(|e| panic!("{e}: the VSM tests need /dev/kvm"));
+    write_tables(p.memory());
+    // A 32-bit code segment at selector 0x20.
+    put(&p, GDT + 0x20, &0x00CF_9B00_0000_FFFFu64.to_le_bytes());
+    // SAFETY: symbols of the global_asm! above, read by address.
+    let (vtl0, vtl1) = unsafe {
+        (
+            blob(&hvkvm_vsm32_vtl0_start, &hvkvm_vsm32_vtl0_end),
+            blob(&hvkvm_vsm32_vtl1_start, &hvkvm_vsm32_vtl1_end),
+        )
+    };
+    put(&p, CODE, vtl0);
+    put(&p, VTL1_CODE, vtl1);
+    let mut regs = PartitionId::SELF.0.to_le_bytes().to_vec();
+    regs.extend(VpIndex::SELF.0.to_le_bytes());
+    regs.extend([0, 0, 0, 0]);
+    regs.extend(0x000D_0002u32.to_le_bytes());
+    put(&p, DATA, &regs);
+    let mut enable = PartitionId::SELF.0.to_le_bytes().to_vec();
+    enable.extend([1u8, 0, 0, 0, 0, 0, 0, 0]);
+    put(&p, DATA + 0x40, &enable);
+    let ctx = ctx64(VTL1_CODE, VTL1_STACK);
+    let input = EnableVpVtlInput {
+        partition_id: PartitionId::SELF,
+        vp_index: VpIndex::SELF,
+        target_vtl: Vtl::VTL1,
+        rsvdz: [0; 3],
+        vp_vtl_context: ctx,
+    };
+    put(&p, DATA + 0x100, input.as_bytes());
+    let mut v = p.create_vp(vp(0)).unwrap();
+    v.set_registers(&hv_regs::context_registers(&protected_mode(CODE, stack(0))))
+        .unwrap();
+    p.set_explicit_suspend(vp(0), false).unwrap();
+    let (tx, rx) = channel();
+    let t = std::thread::spawn(move || run_reporting(v, tx));
+    let got: Vec<(u16, u32)> = rx.iter().map(|r| (r.port, r.value)).collect();
+    t.join().expect("VP thread");
+    let one = |n: u16| -> u32 {
+        let v: Vec<u32> = got.iter().filter(|r| r.0 == n).map(|r| r.1).collect();
+        assert_eq!(v.len(), 1, "port {n:#x} (all: {got:x?})");
+        v[0]
+    };
+    let value = |gpa: u64| -> u64 { p.memory().read_obj(GuestAddress(gpa)).unwrap() };
+    for port in [0x30, 0x31, 0x32] {
+        assert_eq!(HvStatus(one(port) as u16), HvStatus::SUCCESS, "{port:#x}");
+    }
+    // A 32-bit caller is given the 32-bit sequences, VTL 1 in long mode the
+    // 64-bit ones; both inside the page and distinct.
+    let o32 = VsmCodePageOffsets(value(DATA + 0x800));
+    assert_eq!((o32.vtl_call(), o32.vtl_return()), (0x30, 0x40));
+    assert_eq!(HvStatus(one(0x51) as u16), HvStatus::SUCCESS);
+    let o64 = VsmCodePageOffsets(value(DATA + 0x810));
+    assert_eq!((o64.vtl_call(), o64.vtl_return()), (0x10, 0x20));
+    // VTL 1 entered at its context from the 32-bit call sequence.
+    assert_eq!(one(0x50), 1);
+    // HV_VP_VTL_CONTROL for a 32-bit lower VTL: VtlReturnX86Eax/Ecx/Edx.
+    assert_eq!(one(0x33), 0x1111);
+    assert_eq!(one(0x34), 0x2222);
+    assert_eq!(one(0x35), 0x3333);
+}
