@@ -622,3 +622,76 @@ fn vtl1_is_entered_by_vtl_call_and_keeps_its_own_state() {
     assert_eq!(one(0x4C) as u64, ALT_PML4);
     assert_eq!(one(0x4D), 0xB0B0);
 }
+
+/// The x87/SSE state is shared between VTLs (TLFS "Virtual Processor State
+/// Isolation"): set by the host in one VTL's vCPU between exits (the guest
+/// code stays free of SSE, which PVM's instruction emulator cannot run), it
+/// is what the other VTL's vCPU holds after the switch. Through KVM's XSAVE
+/// image (KVM_SET_FPU does not mark the SSE component in use, so an XSAVE
+/// read would see it in its initial state).
+#[test]
+fn xmm_registers_and_mxcsr_cross_vtl_switches() {
+    use hv_partition::{Access, VpExit};
+    // Dword offsets in the XSAVE image (Intel SDM vol. 1 13.4): MXCSR at byte
+    // 24, XMM0 at 160, XMM1 at 176, XSTATE_BV at 512.
+    const MXCSR: usize = 6;
+    const XMM0: usize = 40;
+    const XMM1: usize = 44;
+    const XSTATE_BV: usize = 128;
+    let p = vsm_partition();
+    setup_guest(&p);
+    let mut v = p.create_vp(vp(0)).unwrap();
+    v.set_registers(&bsp_registers(CODE, stack(0))).unwrap();
+    p.set_explicit_suspend(vp(0), false).unwrap();
+    let mut seen = vec![];
+    loop {
+        let port = match v.run() {
+            VpExit::IoPortAccess {
+                port,
+                access: Access::Write(_),
+            } => port,
+            other => panic!("unexpected exit {other:?}"),
+        };
+        let vtl = v.active_vtl();
+        let vcpu = v.vcpu_mut();
+        let Ok(mut x) = vcpu.get_xsave() else {
+            panic!("KVM_GET_XSAVE: this host's KVM has no XSAVE image to check");
+        };
+        let set = |x: &mut hv_partition::kvm_bindings::kvm_xsave, at: usize, b: u32| {
+            x.region[at..at + 4].copy_from_slice(&[b; 4]);
+            // The x87 and SSE components in use.
+            x.region[XSTATE_BV] |= 0b11;
+        };
+        let look = |x: &hv_partition::kvm_bindings::kvm_xsave| {
+            (vtl, x.region[XMM0], x.region[XMM1], x.region[MXCSR])
+        };
+        match port {
+            // VTL 0, just before its first VTL call.
+            0x38 => {
+                set(&mut x, XMM0, 0xA0A0_A0A0);
+                set(&mut x, XMM1, 0xA1A1_A1A1);
+                // SAFETY: the image was read from this vCPU by KVM_GET_XSAVE.
+                unsafe { vcpu.set_xsave(&x) }.unwrap();
+            }
+            // VTL 1's first entry.
+            0x50 => {
+                seen.push(look(&x));
+                set(&mut x, XMM1, 0xB1B1_B1B1);
+                x.region[MXCSR] = 0x1F00;
+                // SAFETY: as above.
+                unsafe { vcpu.set_xsave(&x) }.unwrap();
+            }
+            // Back in VTL 0 after the non-fast return.
+            0x40 => seen.push(look(&x)),
+            DONE => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (Vtl::VTL1, 0xA0A0_A0A0, 0xA1A1_A1A1, 0x1F80),
+            (Vtl::VTL0, 0xA0A0_A0A0, 0xB1B1_B1B1, 0x1F00),
+        ]
+    );
+}
