@@ -15,6 +15,7 @@ use common::*;
 use hv_defs::vsm::{VsmCodePageOffsets, VsmPartitionStatus};
 use hv_defs::{EnableVpVtlInput, HvError, HvStatus, InitialVpContext, PartitionId, VpIndex, Vtl};
 use hv_partition::{HyperVConfig, Partition, PartitionConfig};
+use hv_regs::HvRegisterName;
 use vm_memory::{Bytes, GuestAddress};
 use zerocopy::IntoBytes;
 
@@ -146,6 +147,14 @@ hvkvm_vsm_vtl0_start:
     mov eax, 0xAAAA0000
     xor edx, edx
     wrmsr
+    mov ecx, 0xC0000102
+    mov eax, 0xAAAA0102
+    xor edx, edx
+    wrmsr
+    mov rax, 0x400
+    mov dr7, rax
+    xor eax, eax
+    mov dr0, rax
     mov rbx, 0x1111
     mov rdx, 0x3333
     xor ecx, ecx
@@ -169,6 +178,16 @@ hvkvm_vsm_vtl0_start:
     mov ecx, 0x200
     rdmsr
     out 0x4F, eax
+    // Private: KERNEL_GS_BASE, DR7, GDTR, IDTR; shared: DR0.
+    mov ecx, 0xC0000102
+    rdmsr
+    out 0x5C, eax
+    mov rax, dr7
+    out 0x5E, eax
+    mov rax, dr0
+    out 0x5F, eax
+    sgdt [{data} + 0x1800]
+    sidt [{data} + 0x1810]
     // The second VTL call resumes VTL 1 after its return sequence; it comes
     // back with a fast return.
     xor ecx, ecx
@@ -268,6 +287,16 @@ hvkvm_vsm_vtl1_start:
     mov eax, 0xBBBB0000
     xor edx, edx
     wrmsr
+    mov ecx, 0xC0000102
+    mov eax, 0xBBBB0102
+    xor edx, edx
+    wrmsr
+    mov rax, 0x700
+    mov dr7, rax
+    mov rax, 0xD0D0000
+    mov dr0, rax
+    sgdt [{data} + 0x1820]
+    sidt [{data} + 0x1830]
     mov rbx, 0x2222
     mov rdx, 0x4444
     mov rsi, 0x7000
@@ -597,6 +626,26 @@ fn vtl1_is_entered_by_vtl_call_and_keeps_its_own_state() {
     // starts with VTL 0's, and VTL 0 sees the one VTL 1 wrote.
     assert_eq!(one(0x5B), 0x1000_0005);
     assert_eq!(one(0x4F), 6);
+    // Private per VTL (TLFS "Virtual Processor State Isolation"): VTL 0's
+    // KERNEL_GS_BASE, DR7, GDTR and IDTR survive what VTL 1 set; DR0-DR3 are
+    // shared. (TSC_AUX: `fpu_state_crosses_vtl_switches_and_tsc_aux_stays`, as
+    // PVM's guest CPUID has no RDTSCP.)
+    assert_eq!(one(0x5C), 0xAAAA_0102);
+    assert_eq!(one(0x5E), 0x400);
+    assert_eq!(one(0x5F), 0xD0D_0000);
+    let table = |gpa: u64| -> (u16, u64) {
+        let mut b = [0u8; 10];
+        p.memory().read_slice(&mut b, GuestAddress(gpa)).unwrap();
+        (
+            u16::from_le_bytes([b[0], b[1]]),
+            u64::from_le_bytes(b[2..10].try_into().unwrap()),
+        )
+    };
+    assert_eq!(table(DATA + 0x1800), (0x1F, GDT));
+    assert_eq!(table(DATA + 0x1810), (0xFFF, IDT));
+    // VTL 1 ran on its EnableVpVtl context's GDT, with no IDT of VTL 0's.
+    assert_eq!(table(DATA + 0x1820), (0x1F, VTL1_GDT));
+    assert_ne!(table(DATA + 0x1830).1, IDT);
     // The second call resumed VTL 1 after its return sequence, with entry
     // reason 1 (VTL call) in its VP assist page; its LSTAR kept.
     assert_eq!(one(0x56), 1);
@@ -628,9 +677,10 @@ fn vtl1_is_entered_by_vtl_call_and_keeps_its_own_state() {
 /// code stays free of SSE, which PVM's instruction emulator cannot run), it
 /// is what the other VTL's vCPU holds after the switch. Through KVM's XSAVE
 /// image (KVM_SET_FPU does not mark the SSE component in use, so an XSAVE
-/// read would see it in its initial state).
+/// read would see it in its initial state). TSC_AUX, private, the same way
+/// (PVM's guest CPUID has no RDTSCP, so the guest cannot write it).
 #[test]
-fn xmm_registers_and_mxcsr_cross_vtl_switches() {
+fn fpu_state_crosses_vtl_switches_and_tsc_aux_stays() {
     use hv_partition::{Access, VpExit};
     // Dword offsets in the XSAVE image (Intel SDM vol. 1 13.4): MXCSR at byte
     // 24, XMM0 at 160, XMM1 at 176, XSTATE_BV at 512.
@@ -653,6 +703,13 @@ fn xmm_registers_and_mxcsr_cross_vtl_switches() {
             other => panic!("unexpected exit {other:?}"),
         };
         let vtl = v.active_vtl();
+        let aux = v.get_registers(&[HvRegisterName::TSC_AUX]).unwrap()[0].low;
+        match port {
+            0x38 => v.set_registers(&[(HvRegisterName::TSC_AUX, 0xA3u64.into())]),
+            0x50 => v.set_registers(&[(HvRegisterName::TSC_AUX, 0xB3u64.into())]),
+            _ => Ok(()),
+        }
+        .unwrap();
         let vcpu = v.vcpu_mut();
         let Ok(mut x) = vcpu.get_xsave() else {
             panic!("KVM_GET_XSAVE: this host's KVM has no XSAVE image to check");
@@ -663,7 +720,7 @@ fn xmm_registers_and_mxcsr_cross_vtl_switches() {
             x.region[XSTATE_BV] |= 0b11;
         };
         let look = |x: &hv_partition::kvm_bindings::kvm_xsave| {
-            (vtl, x.region[XMM0], x.region[XMM1], x.region[MXCSR])
+            (vtl, x.region[XMM0], x.region[XMM1], x.region[MXCSR], aux)
         };
         match port {
             // VTL 0, just before its first VTL call.
@@ -690,8 +747,8 @@ fn xmm_registers_and_mxcsr_cross_vtl_switches() {
     assert_eq!(
         seen,
         vec![
-            (Vtl::VTL1, 0xA0A0_A0A0, 0xA1A1_A1A1, 0x1F80),
-            (Vtl::VTL0, 0xA0A0_A0A0, 0xB1B1_B1B1, 0x1F00),
+            (Vtl::VTL1, 0xA0A0_A0A0, 0xA1A1_A1A1, 0x1F80, 0),
+            (Vtl::VTL0, 0xA0A0_A0A0, 0xB1B1_B1B1, 0x1F00, 0xA3),
         ]
     );
 }
