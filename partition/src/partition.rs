@@ -727,6 +727,12 @@ impl Partition {
         Ok(a)
     }
 
+    /// The VTL VP `index` runs in: for a returned exit, the VTL it came from
+    /// (the exit borrows the [`Vp`]; this is read through the partition).
+    pub fn active_vtl(&self, index: VpIndex) -> HvResult<Vtl> {
+        Ok(self.vp_state(index)?.active_vtl())
+    }
+
     /// The full VP model state of VP `index`.
     pub fn vp_state(&self, index: VpIndex) -> HvResult<VpState> {
         let vp = self.vp_shared(index).ok_or(HvError::INVALID_VP_INDEX)?;

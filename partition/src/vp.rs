@@ -530,7 +530,9 @@ impl Vp {
     /// Handled here and not returned: hypercalls through the hypercall page,
     /// synthetic MSR accesses, contexts handed over by StartVirtualProcessor, and
     /// waits while the VP is suspended. [`VpExit::Canceled`] is returned only for
-    /// [`Partition::cancel_run`].
+    /// [`Partition::cancel_run`]. The VTL an exit came from is
+    /// [`Partition::active_vtl`] while the exit is held (VTL calls and
+    /// returns switch the VP's vCPU inside this call).
     pub fn run(&mut self) -> VpExit<'_> {
         let mut this = self;
         loop {

@@ -695,14 +695,16 @@ fn fpu_state_crosses_vtl_switches_and_tsc_aux_stays() {
     p.set_explicit_suspend(vp(0), false).unwrap();
     let mut seen = vec![];
     loop {
-        let port = match v.run() {
+        let (port, tagged) = match v.run() {
+            // The exit's VTL, read while the exit holds the VP.
             VpExit::IoPortAccess {
                 port,
                 access: Access::Write(_),
-            } => port,
+            } => (port, p.active_vtl(vp(0)).unwrap()),
             other => panic!("unexpected exit {other:?}"),
         };
         let vtl = v.active_vtl();
+        assert_eq!(tagged, vtl);
         let aux = v.get_registers(&[HvRegisterName::TSC_AUX]).unwrap()[0].low;
         match port {
             0x38 => v.set_registers(&[(HvRegisterName::TSC_AUX, 0xA3u64.into())]),
