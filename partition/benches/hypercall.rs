@@ -9,6 +9,7 @@
 //! `cargo bench -p partition --bench hypercall` (needs /dev/kvm).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hv_defs::{
@@ -172,8 +173,35 @@ fn bench(c: &mut Criterion) {
         g.bench_function(name, |b| b.iter(|| batch(&mut vp)));
         let s = p.stats();
         eprintln!("{name}: {s}");
+        if control == 0 {
+            split(&p, &mut vp);
+        }
     }
     g.finish();
+}
+
+/// The VTL round trip's cost split, from batches timed here and the
+/// partition's switch phases over the same batches: the two completions, the
+/// two shared-state copies, and the rest (both VTLs' KVM_RUNs with their
+/// trap decode).
+fn split(p: &Partition, vp: &mut Vp) {
+    const BATCHES: u32 = 50;
+    let before = p.stats().vtl_switches();
+    let start = Instant::now();
+    for _ in 0..BATCHES {
+        batch(vp);
+    }
+    let round_trip = start.elapsed().as_secs_f64() * 1e6 / (BATCHES as f64 * BATCH as f64);
+    let after = p.stats().vtl_switches();
+    let per = |a: Duration, b: Duration, n: u64| (a - b).as_secs_f64() * 1e6 / n as f64;
+    let n = after.completion.count - before.completion.count;
+    let completion = per(after.completion.time, before.completion.time, n);
+    let copy = per(after.copy.time, before.copy.time, n);
+    eprintln!(
+        "VTL round trip split: {round_trip:.2} us = 2 x {completion:.2} completion + \
+         2 x {copy:.2} shared-state copy + {:.2} the two VTLs' KVM_RUNs and trap decode",
+        round_trip - 2.0 * (completion + copy)
+    );
 }
 
 /// HvCallNotifyLongSpinWait, fast.

@@ -131,6 +131,9 @@ pub(crate) struct Parked {
     /// Set by a register write through [`RegAccess`] while parked: its
     /// `kvm_run` copy and `shared_state` may be stale.
     pub touched: Cell<bool>,
+    /// The VTL's last translation of its hypercall page's linear address
+    /// (checked against the paging state at use, like the running one's).
+    pub page_translation: Option<PageTranslation>,
 }
 
 impl Drop for Vp {

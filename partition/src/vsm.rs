@@ -114,6 +114,7 @@ impl Vp {
                     first_entry: Some(first_entry),
                     shared_state: None,
                     touched: Cell::new(false),
+                    page_translation: None,
                 });
             }
         }
@@ -360,6 +361,7 @@ impl Vp {
             first_entry,
             shared_state: _,
             touched: _,
+            page_translation,
         } = next;
         let vp = self.shared().clone();
         let mut g = vp.lock();
@@ -380,9 +382,9 @@ impl Vp {
             first_entry,
             shared_state: shared,
             touched: Cell::new(false),
+            page_translation: self.page_translation.replace(page_translation),
         });
         self.vtl = vtl;
-        self.page_translation.set(None);
     }
 }
 
