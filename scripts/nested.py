@@ -17,12 +17,13 @@ busybox-static), cached by content hash, and runs a payload inside it:
                                         run each test executable in its own L1
                                         session (a boot-test binary: one session per
                                         test) and print "N passed, N failed"
-  nested.py boots --vmm PATH --initramfs PATH
+  nested.py boots --vmm PATH --initramfs PATH [--vcpus 4,16] [--hyperv MODE]
                                         the stock-kernel boots (Debian's cloud
                                         kernel + busybox, 4 and 16 vCPUs)
   nested.py suite                       what scripts/test-all.sh runs: builds the
                                         workspace's test executables, runs them
-                                        all (`tests`), then the stock boots
+                                        all (`tests`), then the stock boots (4 and
+                                        16 vCPUs, and 4 with --hyperv vsm)
 
 `run` prints the payload's output and exits with its status. A failure of the tier
 itself is never mistaken for the payload's: QEMU missing, L1 not coming up, TCG
@@ -428,14 +429,16 @@ def timeline_last(text, pattern):
     return found
 
 
-def boots(vmm, busybox, sweep):
+def boots(vmm, busybox, sweep, extra=()):
     kernel = stock_kernel()
     name = open(os.path.join(build_l1(), "release")).read().strip()
     passed = failed = 0
     for vcpus in sweep:
         cmd = [vmm, "--kernel", kernel, "--vcpus", str(vcpus), "--initramfs", busybox,
-               "--timings", "--stats"]
+               "--timings", "--stats", *extra]
         label = f"stock {name} bzImage, {vcpus} vCPUs, busybox /init"
+        if extra:
+            label += " (" + " ".join(extra) + ")"
         o = run_with_retry(cmd, [vmm, kernel, busybox], 600, label)
         st, text = o.status, o.text
         aps = vcpus - 1
@@ -498,6 +501,8 @@ def suite():
         extra = bins_by_pkg.get(pkg, []) + ([guests] if "reference-vmm" in pkg else [])
         st |= tests(sorted(tests_by_pkg[pkg]), extra, 900)
     st |= boots(vmm, os.path.join(guests, "busybox.cpio"), [4, 16])
+    # The same kernel in a partition that may enable VTLs 1 and 2.
+    st |= boots(vmm, os.path.join(guests, "busybox.cpio"), [4], ("--hyperv", "vsm"))
     log(f"nested tier done in {time.monotonic() - t0:.0f} s")
     return st
 
@@ -519,6 +524,7 @@ def main():
     b.add_argument("--vmm", required=True)
     b.add_argument("--initramfs", required=True)
     b.add_argument("--vcpus", default="4,16")
+    b.add_argument("--hyperv", help="reference-vmm --hyperv mode (default: none given)")
     sub.add_parser("suite")
     a = ap.parse_args()
     try:
@@ -540,7 +546,8 @@ def main():
             return suite()
         if a.cmd == "boots":
             return boots(os.path.abspath(a.vmm), os.path.abspath(a.initramfs),
-                         [int(v) for v in a.vcpus.split(",")])
+                         [int(v) for v in a.vcpus.split(",")],
+                         ("--hyperv", a.hyperv) if a.hyperv else ())
     except L1Failure as e:
         print(f"nested: L1 failure: {e}", file=sys.stderr)
         return INFRA
