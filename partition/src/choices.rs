@@ -1,14 +1,15 @@
 //! Where the TLFS leaves the answer open, and what this crate answers.
 //!
 //! Each entry names the situation, the answer a guest observes, and why. The
-//! conformance tests (`tests/guest_hypercalls.rs`, `tests/vsm.rs`, `tests/vsm_aps.rs`) assert them.
+//! conformance tests (`tests/guest_hypercalls.rs`, `tests/vsm*.rs`) assert them.
 //!
 //! | situation | answer | why |
 //! |---|---|---|
 //! | HvCallStartVirtualProcessor names the caller (or `HV_VP_INDEX_SELF`) | `HV_STATUS_INVALID_PARAMETER` | the caller is running, so "already started" (`INVALID_VP_STATE`) would also fit; the TLFS gives neither, and starting oneself is a malformed request rather than a state |
 //! | a partition id other than `HV_PARTITION_ID_SELF` or the caller's own | `HV_STATUS_ACCESS_DENIED` | a guest has no privilege over other partitions; the TLFS prefers `ACCESS_DENIED` over codes that reveal whether the partition exists ("Ordering of Error Conditions") |
 //! | Get/SetVpRegisters of another VP's architectural registers | `HV_STATUS_INVALID_VP_STATE` | that VP's vCPU belongs to its own thread and may be running; registers the VP model keeps (suspend, VP index, VSM status, initial APIC id) are served |
-//! | an input VTL below the caller's, for a register private to a VTL, on the calling VP | that VTL's vCPU is read or written; `HV_STATUS_INVALID_VTL_STATE` if the VP has none (a VP of a partition booted in VTL 2 has no VTL 0 context of its own yet) | each enabled VTL of a VP is a vCPU in that VTL's VM; registers shared across VTLs or partition-wide (VP index, the VSM registers) are served for any valid input VTL |
+//! | an input VTL below the caller's, for a register private to a VTL, on the calling VP | that VTL's vCPU is read or written; `HV_STATUS_INVALID_VTL_STATE` if the VP has none (a VTL not enabled on it); in a partition booted above VTL 0 the VP's VTL 0 vCPU is made at the first such access or VTL return, in KVM's reset state | each enabled VTL of a VP is a vCPU in that VTL's VM; registers shared across VTLs or partition-wide (VP index, the VSM registers) are served for any valid input VTL |
+//! | devices of a partition booted above VTL 0 | in the boot VTL's VM (the VMM's `Partition::vm`); VTL 0's VM, made when VTL 0 is first used, has its own in-kernel irqchip and no device interrupts | the TLFS puts devices in VTL 0, but the VTL 2 boot exists for a paravisor that owns them; port and MMIO exits of either VTL reach the VMM alike |
 //! | HvCallEnablePartitionVtl with EnableMbec | `HV_STATUS_INVALID_PARAMETER` | stock KVM cannot give separate user and supervisor execute permissions; VsmCapabilities offers no MBEC VTL |
 //! | the order of HvCallEnablePartitionVtl's checks | partition, target above the maximum VTL (`INVALID_PARAMETER`), privilege (`ACCESS_DENIED`), already enabled (`VTL_ALREADY_ENABLED`) | the TLFS lists the restrictions without an order |
 //! | a VTL call or return the TLFS makes #UD (no higher VTL enabled on the VP, a return from VTL 0, a reserved control bit) | #UD, taken after the sequence's trapping `OUT`, so the handler sees RIP at the sequence's `RET` | as for the hypercall page: KVM completes the port write before it exits |

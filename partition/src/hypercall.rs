@@ -168,17 +168,17 @@ impl SetVpRegisters for GuestCalls<'_> {
         let (target, vtl) = self
             .registers_target(partition_id, vp_index, input_vtl)
             .map_err(|e| (e, 0))?;
-        let own = Arc::ptr_eq(&target, self.0.shared());
+        if Arc::ptr_eq(&target, self.0.shared()) {
+            // One batch: a context's registers are consistent together, not
+            // necessarily one by one (KVM checks each load of the special
+            // registers).
+            return self
+                .0
+                .set_vtl_registers_at(vtl, registers, true)
+                .map_err(|(i, e)| (access_status(e), i));
+        }
         for (i, &(name, value)) in registers.iter().enumerate() {
-            let r = if own {
-                match self.0.regs_for(name, vtl) {
-                    Some(regs) => hv_regs::set_register(&regs, name, value).map_err(access_status),
-                    None => Err(HvError::INVALID_VTL_STATE),
-                }
-            } else {
-                set_synthetic_of_other(&target, name, vtl, value)
-            };
-            r.map_err(|e| (e, i))?;
+            set_synthetic_of_other(&target, name, vtl, value).map_err(|e| (e, i))?;
         }
         Ok(())
     }

@@ -51,6 +51,8 @@ pub struct Partition {
     /// Per VTL: its VM, hypercall overlay and private synthetic MSRs; the boot
     /// VTL's from creation, the others from their HvCallEnablePartitionVtl.
     pub(crate) vtls: [OnceLock<VtlSpace>; 3],
+    /// Held while VTL 0's VM of a partition booted above VTL 0 is made.
+    vtl0_creation: Mutex<()>,
     pub(crate) vsm: Arc<VsmShared>,
     /// The RAM slots, registered alike in every VTL's VM.
     ram: Vec<RamSlot>,
@@ -282,6 +284,7 @@ impl Partition {
             stats: Stats::default(),
             start_observer: OnceLock::new(),
             vtls,
+            vtl0_creation: Mutex::new(()),
             vsm,
             ram,
             tsc_invariant_control: AtomicU64::new(0),
@@ -668,6 +671,28 @@ impl Partition {
         drop(g);
         vp.gate.notify();
         Ok(())
+    }
+
+    /// The vCPU of `vp` in VTL 0 of a partition booted above it, made at its
+    /// first use (VTL 0 is always enabled, TLFS "Virtual Secure Mode"): VTL
+    /// 0's VM is made with the first such vCPU. The vCPU is in KVM's reset
+    /// state (the boot processor's runnable, an application processor's
+    /// waiting for SIPI) until the higher VTL sets its registers.
+    pub(crate) fn vtl0_vcpu(&self, vp: &VpShared) -> Result<VcpuFd, VpError> {
+        if self.boot_vtl() == Vtl::VTL0 {
+            return Err(HvError::INVALID_VTL_STATE.into());
+        }
+        {
+            // One VTL 0 VM, whichever VP's thread gets here first.
+            let _g = self.vtl0_creation.lock().unwrap_or_else(|e| e.into_inner());
+            if self.space(Vtl::VTL0).is_none() {
+                self.create_vtl_space(Vtl::VTL0).map_err(|e| {
+                    log::error!("cannot make VTL 0's VM: {e}");
+                    VpError::Status(HvError::INSUFFICIENT_MEMORY)
+                })?;
+            }
+        }
+        self.create_vtl_vcpu(vp, Vtl::VTL0)
     }
 
     /// The vCPU of `vp` in `vtl`'s VM: the VP's CPUID, its APIC id, set up as

@@ -439,6 +439,11 @@ impl Vp {
         if vtl == self.vtl {
             return Some(self.regs());
         }
+        if vtl == Vtl::VTL0 {
+            if let Err(e) = self.ensure_vtl0() {
+                log::error!("VP {}: no VTL 0 vCPU: {e}", self.index().0);
+            }
+        }
         let parked = self.parked.get(vtl.0 as usize)?.as_ref()?;
         Some(RegAccess {
             vcpu: &parked.vcpu,
@@ -453,6 +458,9 @@ impl Vp {
     /// register the VTLs share is the running vCPU's (one per VP).
     pub(crate) fn regs_for(&mut self, name: HvRegisterName, vtl: Vtl) -> Option<RegAccess<'_>> {
         if vtl != self.vtl && crate::vsm::shared_across_vtls(name) {
+            if vtl == Vtl::VTL0 {
+                self.ensure_vtl0().ok()?;
+            }
             self.parked.get(vtl.0 as usize)?.as_ref()?;
             return Some(self.regs());
         }
@@ -488,22 +496,54 @@ impl Vp {
         vtl: Vtl,
         values: &[(HvRegisterName, HvRegisterValue)],
     ) -> Result<(), VpError> {
+        self.set_vtl_registers_at(vtl, values, false)
+            .map_err(|(_, e)| access_error(e))
+    }
+
+    /// [`Self::set_vtl_registers`] with the index of the element that failed
+    /// (the guest's rep count): every element is checked first; with
+    /// `prefix` the elements before a refused one are written (a guest's rep
+    /// call), without it none is (the host's batch). The special registers
+    /// are loaded together, so a context's registers may come in any order.
+    /// The registers the VTLs share go to the running vCPU.
+    pub(crate) fn set_vtl_registers_at(
+        &mut self,
+        vtl: Vtl,
+        values: &[(HvRegisterName, HvRegisterValue)],
+        prefix: bool,
+    ) -> Result<(), (usize, AccessError<VpError>)> {
+        let vendor = self.shared.vendor;
+        let refused = values.iter().enumerate().find_map(|(i, &(n, v))| {
+            hv_regs::validate_for(n, v, vendor)
+                .err()
+                .map(|f| (i, AccessError::Fault(f)))
+        });
+        let upto = match &refused {
+            Some(_) if !prefix => 0,
+            Some((i, _)) => *i,
+            None => values.len(),
+        };
+        let values = &values[..upto];
         if vtl == self.vtl {
             let regs = self.regs();
-            return hv_regs::set_registers(&regs, values).map_err(|(_, e)| access_error(e));
+            hv_regs::set_registers(&regs, values)?;
+        } else {
+            let (shared, private): (Vec<_>, Vec<_>) =
+                (0..values.len()).partition(|&i| crate::vsm::shared_across_vtls(values[i].0));
+            let pick = |idx: &[usize]| idx.iter().map(|&i| values[i]).collect::<Vec<_>>();
+            let no_vcpu = (
+                0,
+                AccessError::Backend(VpError::Status(HvError::INVALID_VTL_STATE)),
+            );
+            let regs = self.regs_of(vtl).ok_or(no_vcpu)?;
+            hv_regs::set_registers(&regs, &pick(&private)).map_err(|(i, e)| (private[i], e))?;
+            let regs = self.regs();
+            hv_regs::set_registers(&regs, &pick(&shared)).map_err(|(i, e)| (shared[i], e))?;
         }
-        // The registers the VTLs share are the running vCPU's: validated
-        // with the rest first, then written as two batches.
-        for &(n, v) in values {
-            hv_regs::validate(n, v).map_err(|f| VpError::Status(f.status()))?;
+        match refused {
+            Some(r) => Err(r),
+            None => Ok(()),
         }
-        let (shared, private): (Vec<_>, Vec<_>) = values
-            .iter()
-            .partition(|(n, _)| crate::vsm::shared_across_vtls(*n));
-        let regs = self.regs_of(vtl).ok_or(HvError::INVALID_VTL_STATE)?;
-        hv_regs::set_registers(&regs, &private).map_err(|(_, e)| access_error(e))?;
-        let regs = self.regs();
-        hv_regs::set_registers(&regs, &shared).map_err(|(_, e)| access_error(e))
     }
 
     /// Reads registers by HV name (HvGetVpRegisters, as the host calls it): a

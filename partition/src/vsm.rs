@@ -120,6 +120,34 @@ impl Vp {
         }
     }
 
+    /// In a partition booted above VTL 0, the VP's VTL 0 vCPU, made at its
+    /// first use (a VTL return to it, a register access naming it), with the
+    /// VP's MTRRs. Nothing to do once it exists, or in a partition booted in
+    /// VTL 0.
+    pub(crate) fn ensure_vtl0(&mut self) -> Result<(), VpError> {
+        if self.vtl == Vtl::VTL0
+            || self.parked[0].is_some()
+            || self.partition().boot_vtl() == Vtl::VTL0
+        {
+            return Ok(());
+        }
+        let partition = self.partition().clone();
+        let vcpu = partition.vtl0_vcpu(self.shared())?;
+        if let Err(e) = crate::mtrr::copy(self.vcpu_mut(), &vcpu) {
+            log::warn!("VP {}: MTRRs not copied to VTL 0: {e}", self.index().0);
+        }
+        log::debug!("VP {}: VTL 0 vCPU made", self.index().0);
+        self.parked[0] = Some(Parked {
+            vcpu,
+            synced: false,
+            first_entry: None,
+            shared_state: None,
+            touched: Cell::new(false),
+            page_translation: None,
+        });
+        Ok(())
+    }
+
     /// Before a start context is loaded in `vtl`: that VTL's vCPU becomes the
     /// running one (a VP started in a VTL above its boot VTL, or its boot VTL
     /// after such a start). No state is carried over: the VP has not run.
@@ -152,6 +180,11 @@ impl Vp {
             Switch::Return => (state.vtl_return_target(), control & !VTL_RETURN_FAST),
         };
         self.take_vtl_vcpus(new);
+        if target == Some(Vtl::VTL0) {
+            if let Err(e) = self.ensure_vtl0() {
+                log::error!("VP {}: no VTL 0 vCPU: {e}", self.index().0);
+            }
+        }
         let target = target.filter(|t| reserved == 0 && self.parked[t.0 as usize].is_some());
         let Some(target) = target else {
             log::debug!(

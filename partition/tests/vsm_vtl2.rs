@@ -1,0 +1,182 @@
+//! A partition booted in VTL 2 (the paravisor layout) has VTL 0 all along
+//! (TLFS "Virtual Secure Mode": VTL 0 is always enabled): VTL 2 reads and
+//! writes VTL 0's private registers by input VTL, returns into it with
+//! HvCallVtlReturn, and VTL 0 calls back with HvCallVtlCall, on the real
+//! `/dev/kvm`. VTL 0's vCPU is made at its first use.
+
+mod common;
+
+use std::sync::mpsc::channel;
+
+use common::*;
+use hv_defs::{HvStatus, PartitionId, VpIndex, Vtl};
+use hv_partition::{HyperVConfig, Partition, PartitionConfig};
+use vm_memory::{Bytes, GuestAddress};
+
+const VTL0_CODE: u64 = 0x30000;
+const VTL0_STACK: u64 = 0x2F000;
+/// VTL 0's own hypercall page (VTL 2's is [`HYPERCALL_PAGE`]).
+const VTL0_HYPERCALL: u64 = 0x6000;
+
+std::arch::global_asm!(
+    r#"
+    .pushsection .rodata.hvkvm_vsm_vtl2_guest, "a"
+    .macro hvcall2 page, control, input, output, port
+    mov rcx, \control
+    mov edx, \input
+    mov r8d, \output
+    mov eax, \page
+    call rax
+    out \port, eax
+    .endm
+    .globl hvkvm_vsm_vtl2_start
+hvkvm_vsm_vtl2_start:
+    .code64
+    mov ecx, 0x40000000
+    mov eax, 1
+    mov edx, 0x81000000
+    wrmsr
+    mov ecx, 0x40000001
+    mov eax, {hc2} + 1
+    xor edx, edx
+    wrmsr
+    // VTL 0's RIP by input VTL 0: its reset state.
+    hvcall2 {hc2}, 0x0000000100000050, {data}, {data} + 0x800, 0x30
+    // VTL 0's context by input VTL 0 (the element count is at +0xFF8).
+    mov rcx, qword ptr [{data} + 0xFF8]
+    mov edx, {data} + 0x100
+    xor r8d, r8d
+    mov eax, {hc2}
+    call rax
+    out 0x31, eax
+    // Into VTL 0 with a fast VTL return; RBX is shared.
+    mov rbx, 0x2B2B
+    mov ecx, 1
+    mov eax, {hc2} + 0x20
+    call rax
+    // VTL 0's VTL call resumes VTL 2 here.
+    mov eax, ebx
+    out 0x33, eax
+    out 0x1F, eax
+2:  jmp 2b
+    .globl hvkvm_vsm_vtl2_end
+hvkvm_vsm_vtl2_end:
+
+    .globl hvkvm_vsm_vtl2_vtl0_start
+hvkvm_vsm_vtl2_vtl0_start:
+    mov eax, ebx
+    out 0x40, eax
+    mov ecx, 0x40000000
+    mov eax, 1
+    mov edx, 0x81000000
+    wrmsr
+    mov ecx, 0x40000001
+    mov eax, {hc0} + 1
+    xor edx, edx
+    wrmsr
+    // VsmVpStatus as VTL 0 reads it.
+    hvcall2 {hc0}, 0x0000000100000050, {data} + 0x80, {data} + 0x810, 0x41
+    mov ebx, 0x0B0B
+    xor ecx, ecx
+    mov eax, {hc0} + 0x10
+    call rax
+3:  jmp 3b
+    .globl hvkvm_vsm_vtl2_vtl0_end
+hvkvm_vsm_vtl2_vtl0_end:
+    .popsection
+"#,
+    hc2 = const HYPERCALL_PAGE,
+    hc0 = const VTL0_HYPERCALL,
+    data = const DATA,
+);
+
+extern "C" {
+    static hvkvm_vsm_vtl2_start: u8;
+    static hvkvm_vsm_vtl2_end: u8;
+    static hvkvm_vsm_vtl2_vtl0_start: u8;
+    static hvkvm_vsm_vtl2_vtl0_end: u8;
+}
+
+fn blob(start: &'static u8, end: &'static u8) -> &'static [u8] {
+    let (s, e) = (start as *const u8, end as *const u8);
+    // SAFETY: both symbols are defined by the global_asm! above, in one
+    // read-only section, `end` after `start`; the bytes between them are
+    // initialized.
+    unsafe { std::slice::from_raw_parts(s, e as usize - s as usize) }
+}
+
+fn header(input_vtl: u8) -> Vec<u8> {
+    let mut b = PartitionId::SELF.0.to_le_bytes().to_vec();
+    b.extend(VpIndex::SELF.0.to_le_bytes());
+    b.extend([input_vtl, 0, 0, 0]);
+    b
+}
+
+#[test]
+fn vtl2_returns_into_vtl0_and_vtl0_calls_back() {
+    let p = Partition::new(PartitionConfig {
+        max_vps: 1,
+        memory: vec![(0, RAM)],
+        hyperv: Some(HyperVConfig::booting_in(Vtl::VTL2)),
+        cpuid_masks: vec![],
+    })
+    .unwrap_or_else(|e| panic!("{e}: the VSM tests need /dev/kvm"));
+    write_tables(p.memory());
+    let put = |gpa: u64, b: &[u8]| p.memory().write_slice(b, GuestAddress(gpa)).unwrap();
+    // SAFETY: symbols of the global_asm! above, read by address.
+    let (vtl2, vtl0) = unsafe {
+        (
+            blob(&hvkvm_vsm_vtl2_start, &hvkvm_vsm_vtl2_end),
+            blob(&hvkvm_vsm_vtl2_vtl0_start, &hvkvm_vsm_vtl2_vtl0_end),
+        )
+    };
+    put(CODE, vtl2);
+    put(VTL0_CODE, vtl0);
+    // GetVpRegisters(input VTL 0: RIP); GetVpRegisters(VsmVpStatus).
+    let mut rip = header(0x10);
+    rip.extend(0x0002_0010u32.to_le_bytes());
+    put(DATA, &rip);
+    let mut status = header(0);
+    status.extend(0x000D_0003u32.to_le_bytes());
+    put(DATA + 0x80, &status);
+    // SetVpRegisters(input VTL 0) of a 64-bit context, the order a batch
+    // write takes.
+    let regs = hv_regs::context_registers(&ctx64(VTL0_CODE, VTL0_STACK));
+    let mut set = header(0x10);
+    for (name, value) in &regs {
+        set.extend(name.0.to_le_bytes());
+        set.extend([0u8; 12]);
+        set.extend(value.low.to_le_bytes());
+        set.extend(value.high.to_le_bytes());
+    }
+    assert!(set.len() <= 0xEF8, "the input fits before the count");
+    put(DATA + 0x100, &set);
+    let control = 0x51u64 | ((regs.len() as u64) << 32);
+    put(DATA + 0xFF8, &control.to_le_bytes());
+
+    let mut v = p.create_vp(vp(0)).unwrap();
+    v.set_registers(&bsp_registers(CODE, stack(0))).unwrap();
+    p.set_explicit_suspend(vp(0), false).unwrap();
+    let (tx, rx) = channel();
+    let t = std::thread::spawn(move || run_reporting(v, tx));
+    let got: Vec<(u16, u32)> = rx.iter().map(|r| (r.port, r.value)).collect();
+    t.join().expect("VP thread");
+    let one = |n: u16| -> u32 {
+        let v: Vec<u32> = got.iter().filter(|r| r.0 == n).map(|r| r.1).collect();
+        assert_eq!(v.len(), 1, "port {n:#x} (all: {got:x?})");
+        v[0]
+    };
+    let value = |gpa: u64| -> u64 { p.memory().read_obj(GuestAddress(gpa)).unwrap() };
+    // VTL 0's private RIP, read from VTL 2: the architectural reset value.
+    assert_eq!(HvStatus(one(0x30) as u16), HvStatus::SUCCESS);
+    assert_eq!(value(DATA + 0x800), 0xFFF0);
+    assert_eq!(HvStatus(one(0x31) as u16), HvStatus::SUCCESS, "{got:x?}");
+    // VTL 0 runs at the context VTL 2 gave it, with VTL 2's RBX (shared).
+    assert_eq!(one(0x40), 0x2B2B);
+    // VsmVpStatus in VTL 0: ActiveVtl 0, EnabledVtlSet {0, 2}.
+    assert_eq!(HvStatus(one(0x41) as u16), HvStatus::SUCCESS);
+    assert_eq!(value(DATA + 0x810), 0b101 << 16);
+    // VTL 0's VTL call enters VTL 2 after its return sequence, with RBX.
+    assert_eq!(one(0x33), 0x0B0B);
+    assert_eq!(p.active_vtl(vp(0)).unwrap(), Vtl::VTL2);
+}
