@@ -220,6 +220,27 @@ impl GuestInput for EnablePartitionVtlInput {
     }
 }
 
+/// HvCallModifyVtlProtectionMask (0x000C, rep) input header: 16 bytes,
+/// followed by the rep list of GPA page numbers (u64 each).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct ModifyVtlProtectionMaskHeader {
+    /// Partition @0.
+    pub partition_id: PartitionId,
+    /// HV_MAP_GPA_FLAGS @8 ([`crate::vsm::MapGpaFlags`]).
+    pub map_flags: u32,
+    /// The VTL whose access is protected @12 (HV_INPUT_VTL).
+    pub target_vtl: HvInputVtl,
+    /// RsvdZ @13.
+    pub rsvdz: [u8; 3],
+}
+
+impl GuestInput for ModifyVtlProtectionMaskHeader {
+    fn check_reserved(&self) -> Result<(), InputError> {
+        rsvdz(self.rsvdz == [0; 3], "ModifyVtlProtectionMask.RsvdZ")
+    }
+}
+
 /// HV_PROXIMITY_DOMAIN_FLAGS: bit 0 proximity preferred, bits 30:1 reserved,
 /// bit 31 proximity info valid.
 #[repr(transparent)]
@@ -419,6 +440,9 @@ crate::assert_layout!(EnableVpVtlInput, size 240, align 8, {
 });
 crate::assert_layout!(EnablePartitionVtlInput, size 16, align 8, {
     partition_id @ 0, target_vtl @ 8, flags @ 9, rsvdz @ 10,
+});
+crate::assert_layout!(ModifyVtlProtectionMaskHeader, size 16, align 8, {
+    partition_id @ 0, map_flags @ 8, target_vtl @ 12, rsvdz @ 13,
 });
 crate::assert_layout!(ProximityDomainInfo, size 8, align 4, { domain_id @ 0, flags @ 4 });
 crate::assert_layout!(CreateVpInput, size 32, align 8, {

@@ -68,6 +68,7 @@ mod exit;
 mod hypercall;
 mod ids;
 mod input;
+pub mod message;
 mod regname;
 mod status;
 pub mod synthetic;
@@ -80,8 +81,9 @@ pub use ids::{HvInputVtl, PartitionId, VpIndex, Vtl};
 pub use input::{
     check_parameter_block, ApicIdElement, CreateVpInput, EnablePartitionVtlInput, EnableVpVtlInput,
     GetPartitionIdOutput, GetVpIndexFromApicIdHeader, GetVpRegistersElement, GuestInput,
-    InputError, ProximityDomainFlags, ProximityDomainInfo, SetVpRegistersElement,
-    StartVirtualProcessorInput, VpIndexElement, VpRegistersHeader, HV_CALL_ALIGNMENT, HV_PAGE_SIZE,
+    InputError, ModifyVtlProtectionMaskHeader, ProximityDomainFlags, ProximityDomainInfo,
+    SetVpRegistersElement, StartVirtualProcessorInput, VpIndexElement, VpRegistersHeader,
+    HV_CALL_ALIGNMENT, HV_PAGE_SIZE,
 };
 pub use regname::HvRegisterName;
 pub use status::{HvError, HvResult, HvStatus};

@@ -131,6 +131,40 @@ impl VsmVpSecureVtlConfig {
     pub const RESERVED: u64 = !3;
 }
 
+/// HV_MAP_GPA_FLAGS as VTL protections use them: bit 0 readable, 1 writable,
+/// 2 kernel-mode executable, 3 user-mode executable (the same bit without
+/// MBEC); no bit is no access.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct MapGpaFlags(pub u32);
+
+impl MapGpaFlags {
+    /// No access.
+    pub const NO_ACCESS: MapGpaFlags = MapGpaFlags(0);
+    /// HV_MAP_GPA_READABLE.
+    pub const READABLE: u32 = 1;
+    /// HV_MAP_GPA_WRITABLE.
+    pub const WRITABLE: u32 = 1 << 1;
+    /// HV_MAP_GPA_KERNEL_EXECUTABLE.
+    pub const KERNEL_EXECUTABLE: u32 = 1 << 2;
+    /// HV_MAP_GPA_USER_EXECUTABLE.
+    pub const USER_EXECUTABLE: u32 = 1 << 3;
+    /// Every access.
+    pub const ALL: MapGpaFlags = MapGpaFlags(0xF);
+
+    /// Readable.
+    pub const fn readable(self) -> bool {
+        self.0 & Self::READABLE != 0
+    }
+    /// Writable.
+    pub const fn writable(self) -> bool {
+        self.0 & Self::WRITABLE != 0
+    }
+    /// Executable in either mode.
+    pub const fn executable(self) -> bool {
+        self.0 & (Self::KERNEL_EXECUTABLE | Self::USER_EXECUTABLE) != 0
+    }
+}
+
 /// HV_VTL_ENTRY_REASON: why a higher VTL was entered, in its VP assist page's
 /// VTL control area.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -210,5 +244,16 @@ mod tests {
         assert!(!VsmPartitionConfig::default().enable_vtl_protection());
         assert_eq!(VsmVpSecureVtlConfig::TLB_LOCKED, 2);
         assert_eq!(VsmVpSecureVtlConfig::RESERVED, !3);
+    }
+
+    /// TLFS HV_MAP_GPA_FLAGS.
+    #[test]
+    fn map_gpa_flags() {
+        assert_eq!(MapGpaFlags::ALL.0, 0xF);
+        let rx = MapGpaFlags(MapGpaFlags::READABLE | MapGpaFlags::KERNEL_EXECUTABLE);
+        assert!(rx.readable() && !rx.writable() && rx.executable());
+        let none = MapGpaFlags::NO_ACCESS;
+        assert!(!none.readable() && !none.writable() && !none.executable());
+        assert!(MapGpaFlags(MapGpaFlags::USER_EXECUTABLE).executable());
     }
 }

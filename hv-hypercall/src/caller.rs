@@ -158,6 +158,27 @@ impl Caller {
     }
 
     /// A target VTL above the caller's is `HV_STATUS_ACCESS_DENIED`.
+    /// The checks of HvCallModifyVtlProtectionMask before its pages: the
+    /// partition ([`Self::partition`]); the target VTL ([`Self::input_vtl`]:
+    /// reserved bits `HV_STATUS_INVALID_PARAMETER`, a higher VTL
+    /// `HV_STATUS_ACCESS_DENIED`), which must be below the caller's: "A VTL
+    /// can only place protections on a lower VTL" (TLFS
+    /// HvCallModifyVtlProtectionMask), else `HV_STATUS_ACCESS_DENIED`. The
+    /// caller's own VTL is the target when the input names none. Returns the
+    /// protected VTL.
+    pub fn protection_target(
+        &self,
+        partition_id: PartitionId,
+        target_vtl: HvInputVtl,
+    ) -> HvResult<Vtl> {
+        self.partition(partition_id)?;
+        let vtl = self.input_vtl(target_vtl)?;
+        if vtl >= self.vtl {
+            return Err(HvError::ACCESS_DENIED);
+        }
+        Ok(vtl)
+    }
+
     fn vtl_at_most_own(&self, vtl: Vtl) -> HvResult<()> {
         if vtl > self.vtl {
             Err(HvError::ACCESS_DENIED)
@@ -232,6 +253,43 @@ mod tests {
         );
         assert_eq!(highest_below(0b101, Vtl::VTL2), Some(Vtl::VTL0));
         assert_eq!(highest_below(0b100, Vtl::VTL2), None);
+    }
+
+    /// TLFS HvCallModifyVtlProtectionMask: "A VTL can only place protections
+    /// on a lower VTL".
+    #[test]
+    fn protection_target_rules() {
+        let at = |vtl| Caller { vtl, ..ME };
+        let s = PartitionId::SELF;
+        let vtl = |v: u8| HvInputVtl(0x10 | v);
+        assert_eq!(at(Vtl::VTL1).protection_target(s, vtl(0)), Ok(Vtl::VTL0));
+        assert_eq!(at(Vtl::VTL2).protection_target(s, vtl(1)), Ok(Vtl::VTL1));
+        // Itself, named or implied; a higher VTL; from VTL 0.
+        assert_eq!(
+            at(Vtl::VTL1).protection_target(s, vtl(1)),
+            Err(HvError::ACCESS_DENIED)
+        );
+        assert_eq!(
+            at(Vtl::VTL1).protection_target(s, HvInputVtl(0)),
+            Err(HvError::ACCESS_DENIED)
+        );
+        assert_eq!(
+            at(Vtl::VTL1).protection_target(s, vtl(2)),
+            Err(HvError::ACCESS_DENIED)
+        );
+        assert_eq!(
+            at(Vtl::VTL0).protection_target(s, vtl(0)),
+            Err(HvError::ACCESS_DENIED)
+        );
+        // Reserved HV_INPUT_VTL bits; another partition.
+        assert_eq!(
+            at(Vtl::VTL1).protection_target(s, HvInputVtl(0x30)),
+            Err(HvError::INVALID_PARAMETER)
+        );
+        assert_eq!(
+            at(Vtl::VTL1).protection_target(PartitionId(8), vtl(0)),
+            Err(HvError::ACCESS_DENIED)
+        );
     }
 
     /// TLFS HvCallEnableVpVtl, "Restrictions".

@@ -65,8 +65,9 @@ use hv_defs::{
     check_parameter_block, ApicIdElement, EnablePartitionVtlInput, EnableVpVtlInput,
     GetVpIndexFromApicIdHeader, GetVpRegistersElement, GuestInput, HvError, HvInputVtl,
     HvRegisterName, HvRegisterValue, HvResult, HvStatus, HypercallCode, HypercallControl,
-    HypercallResult, InitialVpContext, PartitionId, SetVpRegistersElement,
-    StartVirtualProcessorInput, VpIndex, VpIndexElement, VpRegistersHeader, Vtl,
+    HypercallResult, InitialVpContext, ModifyVtlProtectionMaskHeader, PartitionId,
+    SetVpRegistersElement, StartVirtualProcessorInput, VpIndex, VpIndexElement, VpRegistersHeader,
+    Vtl,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use zerocopy::IntoBytes;
@@ -179,6 +180,20 @@ pub trait GetVpIndexFromApicId {
     ) -> HvRepResult;
 }
 
+/// HvCallModifyVtlProtectionMask (rep).
+pub trait ModifyVtlProtectionMask {
+    /// Applies `map_flags` (HV_MAP_GPA_FLAGS) to `target_vtl`'s access to
+    /// each of `gpa_pages` (GPA page numbers), in order; on a failure, the
+    /// status with how many pages were done.
+    fn modify_vtl_protection_mask(
+        &mut self,
+        partition_id: PartitionId,
+        map_flags: u32,
+        target_vtl: HvInputVtl,
+        gpa_pages: &[u64],
+    ) -> HvRepResult;
+}
+
 /// The calls the VMM serves itself: any code this crate does not parse
 /// (unknown to `hv-defs`: no control-word check has been made, the VMM makes
 /// its own), and any code whose accessor in [`Calls`] returns `None` (its
@@ -224,6 +239,10 @@ pub trait Calls {
     }
     /// HvCallGetVpIndexFromApicId (0x009A).
     fn hv_call_get_vp_index_from_apic_id(&mut self) -> Option<&mut dyn GetVpIndexFromApicId> {
+        None
+    }
+    /// HvCallModifyVtlProtectionMask (0x000C).
+    fn hv_call_modify_vtl_protection_mask(&mut self) -> Option<&mut dyn ModifyVtlProtectionMask> {
         None
     }
     /// Every call not served above ([`Fallback`]).
@@ -324,6 +343,13 @@ macro_rules! __calls_accessor {
         fn hv_call_get_vp_index_from_apic_id(
             &mut self,
         ) -> Option<&mut dyn $crate::GetVpIndexFromApicId> {
+            Some(self)
+        }
+    };
+    (ModifyVtlProtectionMask) => {
+        fn hv_call_modify_vtl_protection_mask(
+            &mut self,
+        ) -> Option<&mut dyn $crate::ModifyVtlProtectionMask> {
             Some(self)
         }
     };
@@ -594,6 +620,31 @@ fn dispatch_inner<M: GuestMemoryBackend + ?Sized>(
                 }
             }
             reps(start, ids.len(), r)
+        }
+        HypercallCode::MODIFY_VTL_PROTECTION_MASK => {
+            let Some(h) = calls.hv_call_modify_vtl_protection_mask() else {
+                return unserved(calls);
+            };
+            let input = (|| {
+                let bytes = p.read(call.input, 16 + 8 * n)?;
+                let header = ModifyVtlProtectionMaskHeader::read_from_guest(&bytes, call.input)?;
+                let pages: Vec<u64> = bytes[16 + 8 * start..]
+                    .chunks_exact(8)
+                    .map(|e| u64::from_le_bytes(e.try_into().unwrap_or([0; 8])))
+                    .collect();
+                Ok::<_, HvError>((header, pages))
+            })();
+            let (header, pages) = match input {
+                Ok(i) => i,
+                Err(e) => return failed(e),
+            };
+            let r = h.modify_vtl_protection_mask(
+                header.partition_id,
+                header.map_flags,
+                header.target_vtl,
+                &pages,
+            );
+            reps(start, pages.len(), r)
         }
         _ => unserved(calls),
     }

@@ -33,6 +33,7 @@ enum Seen {
     EnablePartition(PartitionId, Vtl, u8),
     Start(PartitionId, VpIndex, Vtl, u64),
     ApicIds(PartitionId, HvInputVtl, Vec<u32>),
+    Protect(PartitionId, u32, HvInputVtl, Vec<u64>),
 }
 
 /// A VMM that serves every call, records it, and fails where told.
@@ -152,6 +153,18 @@ impl GetVpIndexFromApicId for Recorder {
         self.reps(ids.len())
     }
 }
+impl ModifyVtlProtectionMask for Recorder {
+    fn modify_vtl_protection_mask(
+        &mut self,
+        p: PartitionId,
+        flags: u32,
+        vtl: HvInputVtl,
+        pages: &[u64],
+    ) -> HvRepResult {
+        self.seen.push(Seen::Protect(p, flags, vtl, pages.to_vec()));
+        self.reps(pages.len())
+    }
+}
 impl Calls for Recorder {
     fn hv_call_get_partition_id(&mut self) -> Option<&mut dyn GetPartitionId> {
         self.serve.then_some(self)
@@ -175,6 +188,9 @@ impl Calls for Recorder {
         self.serve.then_some(self)
     }
     fn hv_call_get_vp_index_from_apic_id(&mut self) -> Option<&mut dyn GetVpIndexFromApicId> {
+        self.serve.then_some(self)
+    }
+    fn hv_call_modify_vtl_protection_mask(&mut self) -> Option<&mut dyn ModifyVtlProtectionMask> {
         self.serve.then_some(self)
     }
 }
@@ -646,6 +662,80 @@ fn enable_partition_vtl_from_memory_and_fast() {
     assert!(vmm.seen.is_empty());
 }
 
+/// HvCallModifyVtlProtectionMask (0x000C, rep): a 16-byte header (partition,
+/// HV_MAP_GPA_FLAGS, HV_INPUT_VTL, RsvdZ), 8-byte GPA page numbers, no
+/// output.
+#[test]
+fn modify_vtl_protection_mask_reps() {
+    let header = |rsvdz: u8| {
+        let mut b = PartitionId::SELF.0.to_le_bytes().to_vec();
+        b.extend(0x5u32.to_le_bytes());
+        b.extend([0x10, rsvdz, 0, 0]);
+        for gpfn in [0x10u64, 0x11, 0x2000] {
+            b.extend(gpfn.to_le_bytes());
+        }
+        b
+    };
+    let input = header(0);
+    let m = memory(&[(IN, &input)]);
+    let mut vmm = Recorder::serving();
+    let r = run(&m, rep(0x0C, 3, 0), IN, 0, &mut vmm, None);
+    assert_eq!((r.status(), r.reps_completed()), (HvStatus::SUCCESS, 3));
+    assert_eq!(
+        vmm.seen,
+        vec![Seen::Protect(
+            PartitionId::SELF,
+            5,
+            HvInputVtl(0x10),
+            vec![0x10, 0x11, 0x2000]
+        )]
+    );
+    // A failing page: the pages before it count as done.
+    let mut vmm = Recorder {
+        fail_rep: Some((1, HvError::INVALID_PARAMETER)),
+        ..Recorder::serving()
+    };
+    let r = run(&m, rep(0x0C, 3, 0), IN, 0, &mut vmm, None);
+    assert_eq!(
+        (r.status(), r.reps_completed()),
+        (status(HvError::INVALID_PARAMETER), 1)
+    );
+    // From rep 2.
+    let mut vmm = Recorder::serving();
+    let r = run(&m, rep(0x0C, 3, 2), IN, 0, &mut vmm, None);
+    assert_eq!((r.status(), r.reps_completed()), (HvStatus::SUCCESS, 3));
+    assert_eq!(
+        vmm.seen,
+        vec![Seen::Protect(
+            PartitionId::SELF,
+            5,
+            HvInputVtl(0x10),
+            vec![0x2000]
+        )]
+    );
+    // RsvdZ set: HV_STATUS_INVALID_PARAMETER before any page.
+    let m = memory(&[(IN, &header(1))]);
+    let mut vmm = Recorder::serving();
+    let r = run(&m, rep(0x0C, 3, 0), IN, 0, &mut vmm, None);
+    assert_eq!(
+        (r.status(), r.reps_completed()),
+        (status(HvError::INVALID_PARAMETER), 0)
+    );
+    assert!(vmm.seen.is_empty());
+    // The list past the input page: HV_STATUS_INVALID_ALIGNMENT; a fast
+    // call (XMM input, not served): HV_STATUS_INVALID_HYPERCALL_INPUT.
+    let m = memory(&[(IN, &input)]);
+    let r = run(&m, rep(0x0C, 600, 0), IN, 0, &mut vmm, None);
+    assert_eq!(r.status(), status(HvError::INVALID_ALIGNMENT));
+    let r = run(&m, rep(0x0C, 3, 0) | (1 << 16), IN, 0, &mut vmm, None);
+    assert_eq!(r.status(), status(HvError::INVALID_HYPERCALL_INPUT));
+    assert!(vmm.seen.is_empty());
+    // Not served: HV_STATUS_INVALID_HYPERCALL_CODE.
+    let mut vmm = Recorder::default();
+    let r = run(&m, rep(0x0C, 3, 0), IN, 0, &mut vmm, None);
+    assert_eq!(r.status(), status(HvError::INVALID_HYPERCALL_CODE));
+}
+
 /// HvCallGetVpIndexFromApicId: 4-byte elements, 4-byte outputs.
 #[test]
 fn get_vp_index_from_apic_id_reps() {
@@ -914,6 +1004,18 @@ impl GetVpIndexFromApicId for Everything {
         Ok(())
     }
 }
+impl ModifyVtlProtectionMask for Everything {
+    fn modify_vtl_protection_mask(
+        &mut self,
+        _: PartitionId,
+        _: u32,
+        _: HvInputVtl,
+        _: &[u64],
+    ) -> HvRepResult {
+        self.0.push("ModifyVtlProtectionMask");
+        Ok(())
+    }
+}
 impl Fallback for Everything {
     fn hypercall(&mut self, _: HypercallInput) -> HypercallResult {
         self.0.push("Fallback");
@@ -929,6 +1031,7 @@ hv_hypercall::impl_calls!(Everything:
     EnableVpVtl,
     StartVirtualProcessor,
     GetVpIndexFromApicId,
+    ModifyVtlProtectionMask,
     Fallback,
 );
 
@@ -946,6 +1049,7 @@ fn impl_calls_serves_every_listed_call() {
         0x0F,
         0x99,
         rep(0x9A, 1, 0),
+        rep(0x0C, 1, 0),
         0x7ABC,
     ] {
         let r = dispatch(
@@ -970,6 +1074,7 @@ fn impl_calls_serves_every_listed_call() {
             "EnableVpVtl",
             "StartVirtualProcessor",
             "GetVpIndexFromApicId",
+            "ModifyVtlProtectionMask",
             "Fallback",
         ]
     );
