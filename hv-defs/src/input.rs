@@ -465,3 +465,46 @@ crate::assert_layout!(PartitionId, size 8, align 8, {});
 crate::assert_layout!(VpIndex, size 4, align 4, {});
 crate::assert_layout!(Vtl, size 1, align 1, {});
 crate::assert_layout!(HvInputVtl, size 1, align 1, {});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TLFS HvCallEnablePartitionVtl and HvCallModifyVtlProtectionMask: RsvdZ
+    /// and reserved flag bits refused with HV_STATUS_INVALID_PARAMETER.
+    #[test]
+    fn vsm_inputs_refuse_reserved_bits() {
+        let mut enable = [0u8; 16];
+        enable[8] = 1;
+        enable[9] = EnablePartitionVtlInput::ENABLE_MBEC;
+        let i = EnablePartitionVtlInput::parse(&enable).unwrap();
+        assert_eq!((i.target_vtl, i.flags), (Vtl::VTL1, 1));
+        let status = |r: Result<EnablePartitionVtlInput, InputError>| r.unwrap_err().status();
+        let mut bad = enable;
+        bad[9] = 2;
+        assert_eq!(
+            status(EnablePartitionVtlInput::parse(&bad)),
+            HvError::INVALID_PARAMETER
+        );
+        let mut bad = enable;
+        bad[15] = 1;
+        assert_eq!(
+            status(EnablePartitionVtlInput::parse(&bad)),
+            HvError::INVALID_PARAMETER
+        );
+
+        let mut protect = [0u8; 16];
+        protect[8..12].copy_from_slice(&5u32.to_le_bytes());
+        protect[12] = 0x10;
+        let h = ModifyVtlProtectionMaskHeader::parse(&protect).unwrap();
+        assert_eq!((h.map_flags, h.target_vtl), (5, HvInputVtl(0x10)));
+        protect[14] = 1;
+        assert_eq!(
+            ModifyVtlProtectionMaskHeader::parse(&protect)
+                .unwrap_err()
+                .status(),
+            HvError::INVALID_PARAMETER
+        );
+        assert!(ModifyVtlProtectionMaskHeader::parse(&protect[..15]).is_err());
+    }
+}

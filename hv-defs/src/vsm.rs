@@ -216,6 +216,8 @@ mod tests {
         let o = VsmCodePageOffsets::new(0xABC, 0x123);
         assert_eq!(o.0, 0x123ABC);
         assert_eq!(VsmCodePageOffsets::new(0x1FFF, 0).vtl_call(), 0xFFF);
+        assert_eq!(VsmCodePageOffsets::new(0, 0x1FFF).vtl_return(), 0xFFF);
+        assert_eq!(o.vtl_return(), 0x123);
         assert_eq!(VsmCapabilities::MBEC_VTL_MASK, 0x1FFFE);
         assert_eq!(VtlEntryReason::VtlCall as u32, 1);
         assert_eq!(VtlEntryReason::Intercept as u32, 3);

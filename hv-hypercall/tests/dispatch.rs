@@ -1079,3 +1079,40 @@ fn impl_calls_serves_every_listed_call() {
         ]
     );
 }
+
+/// A VMM that serves nothing through [`Calls`]' defaults: every call the
+/// dispatcher knows is HV_STATUS_INVALID_HYPERCALL_CODE (TLFS "Hypercall
+/// Status Codes"), with no input read.
+struct Nothing;
+impl Calls for Nothing {}
+
+#[test]
+fn calls_defaults_serve_nothing() {
+    let m = memory(&[(IN, &[0u8; 0x400])]);
+    for control in [
+        0x46u64,
+        0x08 | (1 << 16),
+        rep(0x50, 1, 0),
+        rep(0x51, 1, 0),
+        0x0D,
+        0x0F,
+        0x99,
+        rep(0x9A, 1, 0),
+        rep(0x0C, 1, 0),
+    ] {
+        let r = dispatch(
+            &m,
+            HypercallInput {
+                control: HypercallControl(control),
+                input: IN,
+                output: OUT,
+            },
+            &mut Nothing,
+        );
+        assert_eq!(
+            r.status(),
+            status(HvError::INVALID_HYPERCALL_CODE),
+            "{control:#x}"
+        );
+    }
+}
