@@ -21,18 +21,12 @@ pub const HYPERCALL_PORT: u16 = 0xE0;
 ///   (the control input is EDX:EAX, ECX the reserved register; the low half
 ///   moves to ECX, EAX carries the call code, EDX keeps the high half).
 pub const HYPERCALL_PAGE: [u8; 0x4B] = {
-    let mut p = [0xCCu8; 0x4B];
-    let out = [0xE7, HYPERCALL_PORT as u8, 0xC3];
-    let mut i = 0;
-    while i < 3 {
-        p[i] = out[i];
-        i += 1;
-    }
+    let mut p = place([0xCCu8; 0x4B], 0, &[0xE7, HYPERCALL_PORT as u8, 0xC3]);
     let mut stub = 0;
     while stub < 2 {
-        let at = [VTL_CALL_OFFSET, VTL_RETURN_OFFSET][stub] as usize;
         let code = [0x11u8, 0x12][stub];
-        let seq = [
+        let at = [VTL_CALL_OFFSET, VTL_RETURN_OFFSET][stub] as usize;
+        let seq64 = [
             0x48,
             0x89,
             0xC8,
@@ -45,13 +39,9 @@ pub const HYPERCALL_PAGE: [u8; 0x4B] = {
             HYPERCALL_PORT as u8,
             0xC3,
         ];
-        let mut j = 0;
-        while j < seq.len() {
-            p[at + j] = seq[j];
-            j += 1;
-        }
+        p = place(p, at, &seq64);
         let at = [VTL_CALL_OFFSET_32, VTL_RETURN_OFFSET_32][stub] as usize;
-        let seq = [
+        let seq32 = [
             0x89,
             0xC1,
             0xB8,
@@ -63,15 +53,21 @@ pub const HYPERCALL_PAGE: [u8; 0x4B] = {
             HYPERCALL_PORT as u8,
             0xC3,
         ];
-        let mut j = 0;
-        while j < seq.len() {
-            p[at + j] = seq[j];
-            j += 1;
-        }
+        p = place(p, at, &seq32);
         stub += 1;
     }
     p
 };
+
+/// `page` with `code` written at `at` (for building [`HYPERCALL_PAGE`]).
+const fn place<const N: usize>(mut page: [u8; N], at: usize, code: &[u8]) -> [u8; N] {
+    let mut i = 0;
+    while i < code.len() {
+        page[at + i] = code[i];
+        i += 1;
+    }
+    page
+}
 
 /// Where the 64-bit VTL call sequence starts in the hypercall page.
 pub const VTL_CALL_OFFSET: u16 = 0x10;
