@@ -36,10 +36,6 @@ const GET_PARTITION_ID: u64 = 0x46;
 /// `out %eax, $0xE0; ret; int3`.
 const PAGE_WORD: u32 = u32::from_le_bytes([0xE7, 0xE0, 0xC3, 0xCC]);
 
-fn put(p: &Partition, gpa: u64, bytes: &[u8]) {
-    p.memory().write_slice(bytes, GuestAddress(gpa)).unwrap();
-}
-
 fn fill(p: &Partition, gpa: u64, byte: u8) {
     put(p, gpa, &[byte; 4096]);
 }
@@ -406,44 +402,8 @@ fn the_hypercall_page_in_real_mode_raises_ud() {
 #[test]
 fn a_32_bit_caller_uses_the_x86_register_mapping() {
     let p = hyperv();
-    // A 32-bit code segment at selector 0x20, beside the test GDT's entries.
-    put(&p, GDT + 0x20, &0x00CF_9B00_0000_FFFFu64.to_le_bytes());
-    let flat = |sel, attr| SegmentRegister {
-        base: 0,
-        limit: 0xFFFF_FFFF,
-        selector: sel,
-        attributes: SegmentAttributes(attr),
-    };
-    let data = flat(0x18, 0xC093);
-    let ctx = InitialVpContext {
-        rip: CODE,
-        rsp: stack(0),
-        rflags: 2,
-        cs: flat(0x20, 0xC09B),
-        ds: data,
-        es: data,
-        fs: data,
-        gs: data,
-        ss: data,
-        tr: SegmentRegister {
-            base: TSS,
-            limit: 0x67,
-            selector: 0,
-            attributes: SegmentAttributes(0x8B),
-        },
-        ldtr: SegmentRegister::default(),
-        idtr: TableRegister::default(),
-        gdtr: TableRegister {
-            pad: [0; 3],
-            limit: 0x27,
-            base: GDT,
-        },
-        efer: 0,
-        cr0: 0x11,
-        cr3: 0,
-        cr4: 0,
-        msr_cr_pat: 0x0007_0406_0007_0406,
-    };
+    // A 32-bit code segment beside the test GDT's entries.
+    let ctx = protected_mode(p.memory(), CODE, stack(0));
     let out = DATA;
     let call32 = |c: &mut Vec<u8>, control: u64, output: u64, port: u8| {
         let mov = |c: &mut Vec<u8>, op: u8, v: u32| {

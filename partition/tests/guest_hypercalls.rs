@@ -27,10 +27,6 @@ fn start_input(vp: VpIndex, vtl: Vtl, ctx: InitialVpContext) -> StartVirtualProc
     }
 }
 
-fn put(p: &hv_partition::Partition, gpa: u64, bytes: &[u8]) {
-    p.memory().write_slice(bytes, GuestAddress(gpa)).unwrap();
-}
-
 /// A rep-call control word.
 fn rep(code: u64, count: u64) -> u64 {
     code | (count << 32)

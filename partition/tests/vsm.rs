@@ -14,7 +14,7 @@ use std::sync::Arc;
 use common::*;
 use hv_defs::vsm::{VsmCodePageOffsets, VsmPartitionStatus};
 use hv_defs::{EnableVpVtlInput, HvError, HvStatus, InitialVpContext, PartitionId, VpIndex, Vtl};
-use hv_partition::{HyperVConfig, Partition, PartitionConfig};
+use hv_partition::Partition;
 use hv_regs::HvRegisterName;
 use vm_memory::{Bytes, GuestAddress};
 use zerocopy::IntoBytes;
@@ -352,44 +352,6 @@ extern "C" {
     static hvkvm_vsm_vtl1_end: u8;
 }
 
-fn blob(start: &'static u8, end: &'static u8) -> &'static [u8] {
-    let (s, e) = (start as *const u8, end as *const u8);
-    // SAFETY: both symbols are defined by the global_asm! above, in one
-    // read-only section, `end` after `start`; the bytes between them are
-    // initialized.
-    unsafe { std::slice::from_raw_parts(s, e as usize - s as usize) }
-}
-
-fn put(p: &Partition, gpa: u64, bytes: &[u8]) {
-    p.memory().write_slice(bytes, GuestAddress(gpa)).unwrap();
-}
-
-fn registers_input(vtl: u8, names: &[u32]) -> Vec<u8> {
-    let mut b = PartitionId::SELF.0.to_le_bytes().to_vec();
-    b.extend(VpIndex::SELF.0.to_le_bytes());
-    b.extend([vtl, 0, 0, 0]);
-    for n in names {
-        b.extend(n.to_le_bytes());
-    }
-    b
-}
-
-/// A partition booting in VTL 0 whose guest may enable VTLs up to 2.
-fn vsm_partition() -> Arc<Partition> {
-    let p = Partition::new(PartitionConfig {
-        max_vps: 2,
-        memory: vec![(0, RAM)],
-        hyperv: Some(HyperVConfig {
-            boot_vtl: Vtl::VTL0,
-            max_vtl: Vtl::VTL2,
-        }),
-        cpuid_masks: vec![],
-    })
-    .unwrap_or_else(|e| panic!("{e}: the VSM tests need /dev/kvm"));
-    write_tables(p.memory());
-    p
-}
-
 fn setup_guest(p: &Partition) {
     let (vtl0, ud, vtl1) =
         // SAFETY: the statics are symbols the global_asm! above defines (read
@@ -454,17 +416,14 @@ fn setup_guest(p: &Partition) {
     let landing = unsafe {
         (&hvkvm_vsm_vtl0_landing as *const u8 as u64) - (&hvkvm_vsm_vtl0_start as *const u8 as u64)
     };
-    let mut set = registers_input(0x10, &[]);
-    for (name, value) in [
-        (0x0002_0010u32, CODE + landing),
-        (0x0004_0002, ALT_PML4),
-        (0x0002_0003, 0xB0B0),
-    ] {
-        set.extend(name.to_le_bytes());
-        set.extend([0u8; 12]);
-        set.extend(value.to_le_bytes());
-        set.extend(0u64.to_le_bytes());
-    }
+    let set = set_registers_input(
+        0x10,
+        &[
+            (HvRegisterName::RIP, (CODE + landing).into()),
+            (HvRegisterName::CR3, ALT_PML4.into()),
+            (HvRegisterName::RBX, 0xB0B0u64.into()),
+        ],
+    );
     put(p, DATA + 0x500, &set);
     put(p, DATA + 0x580, &registers_input(0x10, &[0x0002_0000]));
     put(p, ALT_PML4, &(PDPT | 3).to_le_bytes());
@@ -474,11 +433,7 @@ fn setup_guest(p: &Partition) {
     const SECURE_VTL0: u32 = 0x000D_0010;
     const SECURE_VTL1: u32 = 0x000D_0011;
     let set = |vtl: u8, name: u32, value: u64| {
-        let mut b = registers_input(vtl, &[name]);
-        b.extend([0u8; 12]);
-        b.extend(value.to_le_bytes());
-        b.extend(0u64.to_le_bytes());
-        b
+        set_registers_input(vtl, &[(HvRegisterName(name), value.into())])
     };
     let inputs: [Vec<u8>; 11] = [
         // EnableVtlProtection with the full-access default mask.
@@ -526,7 +481,7 @@ fn value(p: &Partition, gpa: u64) -> u64 {
 
 #[test]
 fn vtl1_is_entered_by_vtl_call_and_keeps_its_own_state() {
-    let p = vsm_partition();
+    let p = vsm_partition(2, Vtl::VTL0, Vtl::VTL2);
     setup_guest(&p);
     let got = run(&p);
     let port = |n: u16| -> Vec<u32> {
@@ -688,7 +643,7 @@ fn fpu_state_crosses_vtl_switches_and_tsc_aux_stays() {
     const XMM0: usize = 40;
     const XMM1: usize = 44;
     const XSTATE_BV: usize = 128;
-    let p = vsm_partition();
+    let p = vsm_partition(2, Vtl::VTL0, Vtl::VTL2);
     setup_guest(&p);
     let mut v = p.create_vp(vp(0)).unwrap();
     v.set_registers(&bsp_registers(CODE, stack(0))).unwrap();

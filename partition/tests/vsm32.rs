@@ -11,11 +11,7 @@ use std::sync::mpsc::channel;
 
 use common::*;
 use hv_defs::vsm::VsmCodePageOffsets;
-use hv_defs::{
-    EnableVpVtlInput, HvStatus, InitialVpContext, PartitionId, SegmentAttributes, SegmentRegister,
-    TableRegister, VpIndex, Vtl,
-};
-use hv_partition::{HyperVConfig, Partition, PartitionConfig};
+use hv_defs::{EnableVpVtlInput, HvStatus, PartitionId, VpIndex, Vtl};
 use vm_memory::{Bytes, GuestAddress};
 use zerocopy::IntoBytes;
 
@@ -133,73 +129,9 @@ extern "C" {
     static hvkvm_vsm32_vtl1_end: u8;
 }
 
-fn blob(start: &'static u8, end: &'static u8) -> &'static [u8] {
-    let (s, e) = (start as *const u8, end as *const u8);
-    // SAFETY: both symbols are defined by the global_asm! above, in one
-    // read-only section, `end` after `start`; the bytes between them are
-    // initialized.
-    unsafe { std::slice::from_raw_parts(s, e as usize - s as usize) }
-}
-
-fn put(p: &Partition, gpa: u64, bytes: &[u8]) {
-    p.memory().write_slice(bytes, GuestAddress(gpa)).unwrap();
-}
-
-/// 32-bit protected mode, flat segments, no paging.
-fn protected_mode(rip: u64, rsp: u64) -> InitialVpContext {
-    let flat = |sel, attr| SegmentRegister {
-        base: 0,
-        limit: 0xFFFF_FFFF,
-        selector: sel,
-        attributes: SegmentAttributes(attr),
-    };
-    let data = flat(0x18, 0xC093);
-    InitialVpContext {
-        rip,
-        rsp,
-        rflags: 2,
-        cs: flat(0x20, 0xC09B),
-        ds: data,
-        es: data,
-        fs: data,
-        gs: data,
-        ss: data,
-        tr: SegmentRegister {
-            base: TSS,
-            limit: 0x67,
-            selector: 0,
-            attributes: SegmentAttributes(0x8B),
-        },
-        ldtr: SegmentRegister::default(),
-        idtr: TableRegister::default(),
-        gdtr: TableRegister {
-            pad: [0; 3],
-            limit: 0x27,
-            base: GDT,
-        },
-        efer: 0,
-        cr0: 0x11,
-        cr3: 0,
-        cr4: 0,
-        msr_cr_pat: 0x0007_0406_0007_0406,
-    }
-}
-
 #[test]
 fn a_32_bit_vtl0_calls_vtl1_through_the_32_bit_sequences() {
-    let p = Partition::new(PartitionConfig {
-        max_vps: 1,
-        memory: vec![(0, RAM)],
-        hyperv: Some(HyperVConfig {
-            boot_vtl: Vtl::VTL0,
-            max_vtl: Vtl::VTL1,
-        }),
-        cpuid_masks: vec![],
-    })
-    .unwrap_or_else(|e| panic!("{e}: the VSM tests need /dev/kvm"));
-    write_tables(p.memory());
-    // A 32-bit code segment at selector 0x20.
-    put(&p, GDT + 0x20, &0x00CF_9B00_0000_FFFFu64.to_le_bytes());
+    let p = vsm_partition(1, Vtl::VTL0, Vtl::VTL1);
     // SAFETY: symbols of the global_asm! above, read by address.
     let (vtl0, vtl1) = unsafe {
         (
@@ -209,11 +141,7 @@ fn a_32_bit_vtl0_calls_vtl1_through_the_32_bit_sequences() {
     };
     put(&p, CODE, vtl0);
     put(&p, VTL1_CODE, vtl1);
-    let mut regs = PartitionId::SELF.0.to_le_bytes().to_vec();
-    regs.extend(VpIndex::SELF.0.to_le_bytes());
-    regs.extend([0, 0, 0, 0]);
-    regs.extend(0x000D_0002u32.to_le_bytes());
-    put(&p, DATA, &regs);
+    put(&p, DATA, &registers_input(0, &[0x000D_0002]));
     let mut enable = PartitionId::SELF.0.to_le_bytes().to_vec();
     enable.extend([1u8, 0, 0, 0, 0, 0, 0, 0]);
     put(&p, DATA + 0x40, &enable);
@@ -227,8 +155,8 @@ fn a_32_bit_vtl0_calls_vtl1_through_the_32_bit_sequences() {
     };
     put(&p, DATA + 0x100, input.as_bytes());
     let mut v = p.create_vp(vp(0)).unwrap();
-    v.set_registers(&hv_regs::context_registers(&protected_mode(CODE, stack(0))))
-        .unwrap();
+    let ctx = protected_mode(p.memory(), CODE, stack(0));
+    v.set_registers(&hv_regs::context_registers(&ctx)).unwrap();
     p.set_explicit_suspend(vp(0), false).unwrap();
     let (tx, rx) = channel();
     let t = std::thread::spawn(move || run_reporting(v, tx));

@@ -14,14 +14,13 @@
 mod common;
 
 use std::sync::mpsc::{channel, RecvTimeoutError};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use hv_defs::{
     EnableVpVtlInput, HvError, HvStatus, PartitionId, StartVirtualProcessorInput, VpIndex, Vtl,
 };
-use hv_partition::{HyperVConfig, Partition, PartitionConfig};
+use hv_partition::Partition;
 use vm_memory::{Bytes, GuestAddress};
 use zerocopy::IntoBytes;
 
@@ -223,18 +222,6 @@ extern "C" {
     static hvkvm_vsm_aps_vtl1_end: u8;
 }
 
-fn blob(start: &'static u8, end: &'static u8) -> &'static [u8] {
-    let (s, e) = (start as *const u8, end as *const u8);
-    // SAFETY: both symbols are defined by the global_asm! above, in one
-    // read-only section, `end` after `start`; the bytes between them are
-    // initialized.
-    unsafe { std::slice::from_raw_parts(s, e as usize - s as usize) }
-}
-
-fn put(p: &Partition, gpa: u64, bytes: &[u8]) {
-    p.memory().write_slice(bytes, GuestAddress(gpa)).unwrap();
-}
-
 fn enable_input(vp: u32, rip: u64, rsp: u64) -> Vec<u8> {
     EnableVpVtlInput {
         partition_id: PartitionId::SELF,
@@ -303,31 +290,12 @@ fn setup_guest(p: &Partition) {
     );
     put(p, DATA + 0x600, &start_input(1, Vtl::VTL1, VTL1_CODE, 0));
     // GetVpRegisters(self, VsmVpStatus).
-    let mut regs = PartitionId::SELF.0.to_le_bytes().to_vec();
-    regs.extend(VpIndex::SELF.0.to_le_bytes());
-    regs.extend([0, 0, 0, 0]);
-    regs.extend(0x000D_0003u32.to_le_bytes());
-    put(p, DATA + 0x700, &regs);
-}
-
-fn vsm_partition() -> Arc<Partition> {
-    let p = Partition::new(PartitionConfig {
-        max_vps: 3,
-        memory: vec![(0, RAM)],
-        hyperv: Some(HyperVConfig {
-            boot_vtl: Vtl::VTL0,
-            max_vtl: Vtl::VTL1,
-        }),
-        cpuid_masks: vec![],
-    })
-    .unwrap_or_else(|e| panic!("{e}: the VSM tests need /dev/kvm"));
-    write_tables(p.memory());
-    p
+    put(p, DATA + 0x700, &registers_input(0, &[0x000D_0003]));
 }
 
 #[test]
 fn vtl1_on_aps_by_enable_vp_vtl_and_start_and_init_sipi_to_vtl0_is_dropped() {
-    let p = vsm_partition();
+    let p = vsm_partition(3, Vtl::VTL0, Vtl::VTL1);
     setup_guest(&p);
     let (tx, rx) = channel();
     let mut threads = vec![];

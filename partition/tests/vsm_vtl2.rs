@@ -9,8 +9,7 @@ mod common;
 use std::sync::mpsc::channel;
 
 use common::*;
-use hv_defs::{HvStatus, PartitionId, VpIndex, Vtl};
-use hv_partition::{HyperVConfig, Partition, PartitionConfig};
+use hv_defs::{HvStatus, Vtl};
 use vm_memory::{Bytes, GuestAddress};
 
 const VTL0_CODE: u64 = 0x30000;
@@ -97,32 +96,10 @@ extern "C" {
     static hvkvm_vsm_vtl2_vtl0_end: u8;
 }
 
-fn blob(start: &'static u8, end: &'static u8) -> &'static [u8] {
-    let (s, e) = (start as *const u8, end as *const u8);
-    // SAFETY: both symbols are defined by the global_asm! above, in one
-    // read-only section, `end` after `start`; the bytes between them are
-    // initialized.
-    unsafe { std::slice::from_raw_parts(s, e as usize - s as usize) }
-}
-
-fn header(input_vtl: u8) -> Vec<u8> {
-    let mut b = PartitionId::SELF.0.to_le_bytes().to_vec();
-    b.extend(VpIndex::SELF.0.to_le_bytes());
-    b.extend([input_vtl, 0, 0, 0]);
-    b
-}
-
 #[test]
 fn vtl2_returns_into_vtl0_and_vtl0_calls_back() {
-    let p = Partition::new(PartitionConfig {
-        max_vps: 1,
-        memory: vec![(0, RAM)],
-        hyperv: Some(HyperVConfig::booting_in(Vtl::VTL2)),
-        cpuid_masks: vec![],
-    })
-    .unwrap_or_else(|e| panic!("{e}: the VSM tests need /dev/kvm"));
-    write_tables(p.memory());
-    let put = |gpa: u64, b: &[u8]| p.memory().write_slice(b, GuestAddress(gpa)).unwrap();
+    let p = vsm_partition(1, Vtl::VTL2, Vtl::VTL2);
+    let put = |gpa: u64, b: &[u8]| put(&p, gpa, b);
     // SAFETY: symbols of the global_asm! above, read by address.
     let (vtl2, vtl0) = unsafe {
         (
@@ -133,22 +110,12 @@ fn vtl2_returns_into_vtl0_and_vtl0_calls_back() {
     put(CODE, vtl2);
     put(VTL0_CODE, vtl0);
     // GetVpRegisters(input VTL 0: RIP); GetVpRegisters(VsmVpStatus).
-    let mut rip = header(0x10);
-    rip.extend(0x0002_0010u32.to_le_bytes());
-    put(DATA, &rip);
-    let mut status = header(0);
-    status.extend(0x000D_0003u32.to_le_bytes());
-    put(DATA + 0x80, &status);
+    put(DATA, &registers_input(0x10, &[0x0002_0010]));
+    put(DATA + 0x80, &registers_input(0, &[0x000D_0003]));
     // SetVpRegisters(input VTL 0) of a 64-bit context, the order a batch
     // write takes.
     let regs = hv_regs::context_registers(&ctx64(VTL0_CODE, VTL0_STACK));
-    let mut set = header(0x10);
-    for (name, value) in &regs {
-        set.extend(name.0.to_le_bytes());
-        set.extend([0u8; 12]);
-        set.extend(value.low.to_le_bytes());
-        set.extend(value.high.to_le_bytes());
-    }
+    let set = set_registers_input(0x10, &regs);
     assert!(set.len() <= 0xEF8, "the input fits before the count");
     put(DATA + 0x100, &set);
     let control = 0x51u64 | ((regs.len() as u64) << 32);

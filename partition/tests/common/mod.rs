@@ -305,3 +305,97 @@ pub fn vm_with_ram(
     .expect("KVM_SET_USER_MEMORY_REGION");
     (vm, memory)
 }
+
+/// The bytes of a test guest between two symbols of the test's
+/// `global_asm!`.
+///
+/// # Safety
+///
+/// `start` and `end` must be symbols the test's `global_asm!` defines in one
+/// read-only section, `end` at or after `start`.
+pub unsafe fn blob(start: &'static u8, end: &'static u8) -> &'static [u8] {
+    let (s, e) = (start as *const u8, end as *const u8);
+    // SAFETY: as the caller promises, the bytes between the two symbols are
+    // one initialized, read-only range of the test binary.
+    unsafe { std::slice::from_raw_parts(s, e as usize - s as usize) }
+}
+
+/// Writes `bytes` into the partition's RAM at `gpa`.
+pub fn put(p: &Partition, gpa: u64, bytes: &[u8]) {
+    p.memory().write_slice(bytes, GuestAddress(gpa)).unwrap();
+}
+
+/// A Get/SetVpRegisters header (partition and VP self, `input_vtl` as
+/// HV_INPUT_VTL) followed by the names of a GetVpRegisters.
+pub fn registers_input(input_vtl: u8, names: &[u32]) -> Vec<u8> {
+    let mut b = hv_defs::PartitionId::SELF.0.to_le_bytes().to_vec();
+    b.extend(VpIndex::SELF.0.to_le_bytes());
+    b.extend([input_vtl, 0, 0, 0]);
+    for n in names {
+        b.extend(n.to_le_bytes());
+    }
+    b
+}
+
+/// A SetVpRegisters input: the header, then a 32-byte element per value.
+pub fn set_registers_input(input_vtl: u8, values: &[(HvRegisterName, HvRegisterValue)]) -> Vec<u8> {
+    let mut b = registers_input(input_vtl, &[]);
+    for (name, value) in values {
+        b.extend(name.0.to_le_bytes());
+        b.extend([0u8; 12]);
+        b.extend(value.low.to_le_bytes());
+        b.extend(value.high.to_le_bytes());
+    }
+    b
+}
+
+/// A partition for the VSM tests: `max_vps` VPs, booting in `boot_vtl`, VTLs
+/// up to `max_vtl` for the guest to enable, with the tables of
+/// [`write_tables`].
+pub fn vsm_partition(max_vps: u32, boot_vtl: Vtl, max_vtl: Vtl) -> Arc<Partition> {
+    let p = Partition::new(PartitionConfig {
+        max_vps,
+        memory: vec![(0, RAM)],
+        hyperv: Some(HyperVConfig { boot_vtl, max_vtl }),
+        cpuid_masks: vec![],
+    })
+    .unwrap_or_else(|e| panic!("{e}: the VSM tests need /dev/kvm"));
+    write_tables(p.memory());
+    p
+}
+
+/// The GDT selector of the 32-bit code segment [`protected_mode`] uses.
+pub const CODE32: u16 = 0x20;
+
+/// 32-bit protected mode at `rip`: flat segments (code at [`CODE32`], which
+/// this writes into the test GDT), no paging.
+pub fn protected_mode(m: &vm_memory::GuestMemoryMmap, rip: u64, rsp: u64) -> InitialVpContext {
+    m.write_obj(0x00CF_9B00_0000_FFFFu64, GuestAddress(GDT + CODE32 as u64))
+        .unwrap();
+    let flat = |sel, attr| seg(sel, attr, 0, 0xFFFF_FFFF);
+    let data = flat(0x18, 0xC093);
+    InitialVpContext {
+        rip,
+        rsp,
+        rflags: 2,
+        cs: flat(CODE32, 0xC09B),
+        ds: data,
+        es: data,
+        fs: data,
+        gs: data,
+        ss: data,
+        tr: seg(0, 0x8B, TSS, 0x67),
+        ldtr: SegmentRegister::default(),
+        idtr: hv_defs::TableRegister::default(),
+        gdtr: hv_defs::TableRegister {
+            pad: [0; 3],
+            limit: 0x27,
+            base: GDT,
+        },
+        efer: 0,
+        cr0: 0x11,
+        cr3: 0,
+        cr4: 0,
+        msr_cr_pat: 0x0007_0406_0007_0406,
+    }
+}
