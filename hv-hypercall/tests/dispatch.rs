@@ -1035,13 +1035,10 @@ hv_hypercall::impl_calls!(Everything:
     Fallback,
 );
 
-#[test]
-fn impl_calls_serves_every_listed_call() {
-    // Zeroed, well-formed inputs: every call reaches its own handler.
-    let m = memory(&[(IN, &[0u8; 0x400])]);
-    let mut vmm = Everything::default();
-    for control in [
-        0x46u64,
+/// A well-formed control word for each call the dispatcher parses.
+fn known_calls() -> [u64; 9] {
+    [
+        0x46,
         0x08 | (1 << 16),
         rep(0x50, 1, 0),
         rep(0x51, 1, 0),
@@ -1050,17 +1047,29 @@ fn impl_calls_serves_every_listed_call() {
         0x99,
         rep(0x9A, 1, 0),
         rep(0x0C, 1, 0),
-        0x7ABC,
-    ] {
-        let r = dispatch(
-            &m,
-            HypercallInput {
-                control: HypercallControl(control),
-                input: IN,
-                output: OUT,
-            },
-            &mut vmm,
-        );
+    ]
+}
+
+/// `control` with zeroed, well-formed inputs, so the call reaches its handler.
+fn call_zeroed(control: u64, vmm: &mut dyn Calls) -> HypercallResult {
+    let m = memory(&[(IN, &[0u8; 0x400])]);
+    dispatch(
+        &m,
+        HypercallInput {
+            control: HypercallControl(control),
+            input: IN,
+            output: OUT,
+        },
+        vmm,
+    )
+}
+
+#[test]
+fn impl_calls_serves_every_listed_call() {
+    // Zeroed, well-formed inputs: every call reaches its own handler.
+    let mut vmm = Everything::default();
+    for control in known_calls().into_iter().chain([0x7ABC]) {
+        let r = call_zeroed(control, &mut vmm);
         assert_eq!(r.status(), HvStatus::SUCCESS, "{control:#x}");
     }
     assert_eq!(
@@ -1088,27 +1097,8 @@ impl Calls for Nothing {}
 
 #[test]
 fn calls_defaults_serve_nothing() {
-    let m = memory(&[(IN, &[0u8; 0x400])]);
-    for control in [
-        0x46u64,
-        0x08 | (1 << 16),
-        rep(0x50, 1, 0),
-        rep(0x51, 1, 0),
-        0x0D,
-        0x0F,
-        0x99,
-        rep(0x9A, 1, 0),
-        rep(0x0C, 1, 0),
-    ] {
-        let r = dispatch(
-            &m,
-            HypercallInput {
-                control: HypercallControl(control),
-                input: IN,
-                output: OUT,
-            },
-            &mut Nothing,
-        );
+    for control in known_calls() {
+        let r = call_zeroed(control, &mut Nothing);
         assert_eq!(
             r.status(),
             status(HvError::INVALID_HYPERCALL_CODE),
