@@ -8,9 +8,6 @@
 
 mod common;
 
-use std::sync::mpsc::channel;
-use std::sync::Arc;
-
 use common::*;
 use hv_defs::vsm::{VsmCodePageOffsets, VsmPartitionStatus};
 use hv_defs::{EnableVpVtlInput, HvError, HvStatus, InitialVpContext, PartitionId, VpIndex, Vtl};
@@ -463,54 +460,29 @@ fn setup_guest(p: &Partition) {
     put(p, CONFIG_INPUTS + 0x800, &[0xA5; 0x30]);
 }
 
-fn run(p: &Arc<Partition>) -> Vec<(u16, u32)> {
-    let mut v0 = p.create_vp(vp(0)).unwrap();
-    v0.set_registers(&bsp_registers(CODE, stack(0))).unwrap();
-    p.set_explicit_suspend(vp(0), false).unwrap();
-    let (tx, rx) = channel();
-    let t = std::thread::spawn(move || run_reporting(v0, tx));
-    let got: Vec<(u16, u32)> = rx.iter().map(|r| (r.port, r.value)).collect();
-    let v0 = t.join().expect("VP thread");
-    drop(v0);
-    got
-}
-
-fn value(p: &Partition, gpa: u64) -> u64 {
-    p.memory().read_obj(GuestAddress(gpa)).unwrap()
-}
-
 #[test]
 fn vtl1_is_entered_by_vtl_call_and_keeps_its_own_state() {
     let p = vsm_partition(2, Vtl::VTL0, Vtl::VTL2);
     setup_guest(&p);
-    let got = run(&p);
-    let port = |n: u16| -> Vec<u32> {
-        got.iter()
-            .filter(|(q, _)| *q == n)
-            .map(|&(_, v)| v)
-            .collect()
-    };
-    let one = |n: u16| -> u32 {
-        let v = port(n);
-        assert_eq!(v.len(), 1, "port {n:#x}: {v:x?} (all: {got:x?})");
-        v[0]
-    };
+    let got = run_bsp_reports(&p, &bsp_registers(CODE, stack(0)));
+    let port = |n: u16| writes_to(&got, n);
+    let one = |n: u16| only(&got, n);
     let status = |n: u16| HvStatus(one(n) as u16);
     // Discovery (TLFS "Feature Discovery": AccessVsm bit 16, AccessVpRegisters
     // bit 17 of CPUID 0x40000003 EBX).
     assert_eq!(one(0x30) & (3 << 16), 3 << 16);
     assert_eq!(status(0x31), HvStatus::SUCCESS);
     // VsmVpStatus: ActiveVtl 0, EnabledVtlSet {0} (TLFS VSM registers).
-    assert_eq!(value(&p, DATA + 0x1000), 1 << 16);
+    assert_eq!(read_u64(&p, DATA + 0x1000), 1 << 16);
     // VsmPartitionStatus: EnabledVtlSet {0}, MaximumVtl 2.
     assert_eq!(
-        value(&p, DATA + 0x1010),
+        read_u64(&p, DATA + 0x1010),
         VsmPartitionStatus::new(1, Vtl::VTL2).0
     );
     // VsmCapabilities: no Dr6Shared, no MBEC VTLs.
-    assert_eq!(value(&p, DATA + 0x1020), 0);
+    assert_eq!(read_u64(&p, DATA + 0x1020), 0);
     // VsmCodePageOffsets: inside the page, the call's before the return's.
-    let o = VsmCodePageOffsets(value(&p, DATA + 0x1030));
+    let o = VsmCodePageOffsets(read_u64(&p, DATA + 0x1030));
     assert_eq!((o.vtl_call(), o.vtl_return()), (0x10, 0x20));
     // HvCallEnableVpVtl: "To enable a VTL on a VP, it must first be enabled for
     // the partition".
@@ -534,13 +506,13 @@ fn vtl1_is_entered_by_vtl_call_and_keeps_its_own_state() {
     assert_eq!(one(0x51) as u64, VTL1_PML4);
     assert_eq!(status(0x52), HvStatus::SUCCESS);
     // VsmVpStatus inside VTL 1: ActiveVtl 1, EnabledVtlSet {0, 1}.
-    assert_eq!(value(&p, DATA + 0x1100), 1 | (0b11 << 16));
+    assert_eq!(read_u64(&p, DATA + 0x1100), 1 | (0b11 << 16));
     // VTL 0's private state read from VTL 1 by input VTL: RIP at the call
     // sequence's RET, VTL 0's CR3 and LSTAR.
     assert_eq!(status(0x53), HvStatus::SUCCESS);
-    assert_eq!(value(&p, DATA + 0x1200), HYPERCALL_PAGE + 0x1A);
-    assert_eq!(value(&p, DATA + 0x1210), PML4);
-    assert_eq!(value(&p, DATA + 0x1220), 0xAAAA_0000);
+    assert_eq!(read_u64(&p, DATA + 0x1200), HYPERCALL_PAGE + 0x1A);
+    assert_eq!(read_u64(&p, DATA + 0x1210), PML4);
+    assert_eq!(read_u64(&p, DATA + 0x1220), 0xAAAA_0000);
     // Shared: the GPRs and XMM registers VTL 0 set.
     assert_eq!(one(0x54), 0x1111);
     // HvRegisterVsmPartitionConfig: "one instance of this register for each
@@ -554,7 +526,7 @@ fn vtl1_is_entered_by_vtl_call_and_keeps_its_own_state() {
     assert_eq!(status(0x63), HvError::INVALID_PARAMETER.status());
     assert_eq!(status(0x64), HvError::INVALID_REGISTER_VALUE.status());
     assert_eq!(status(0x65), HvStatus::SUCCESS);
-    assert_eq!(value(&p, CONFIG_INPUTS + 0x800), 0x1F);
+    assert_eq!(read_u64(&p, CONFIG_INPUTS + 0x800), 0x1F);
     assert_eq!(status(0x66), HvError::INVALID_PARAMETER.status());
     // HvRegisterVsmVpSecureConfigVtl0: TlbLocked kept, MbecEnabled refused,
     // an instance for a VTL not below the holder's refused.
@@ -562,11 +534,11 @@ fn vtl1_is_entered_by_vtl_call_and_keeps_its_own_state() {
     assert_eq!(status(0x68), HvError::INVALID_REGISTER_VALUE.status());
     assert_eq!(status(0x69), HvError::INVALID_PARAMETER.status());
     assert_eq!(status(0x6A), HvStatus::SUCCESS);
-    assert_eq!(value(&p, CONFIG_INPUTS + 0x810), 2);
+    assert_eq!(read_u64(&p, CONFIG_INPUTS + 0x810), 2);
     // "once a VP returns to a lower VTL, it releases all TLB locks which it
     // holds at the time".
     assert_eq!(status(0x6B), HvStatus::SUCCESS);
-    assert_eq!(value(&p, CONFIG_INPUTS + 0x820), 0);
+    assert_eq!(read_u64(&p, CONFIG_INPUTS + 0x820), 0);
     // Back in VTL 0 after a non-fast return: RAX and RCX from VTL 1's control
     // area; RBX, RDX, XMM1 and CR2 as VTL 1 left them (shared); LSTAR and CR3
     // VTL 0's own (private).
@@ -616,7 +588,7 @@ fn vtl1_is_entered_by_vtl_call_and_keeps_its_own_state() {
     // State Isolation": shared registers).
     assert_eq!(status(0x58), HvStatus::SUCCESS);
     assert_eq!(status(0x59), HvStatus::SUCCESS);
-    assert_eq!(value(&p, DATA + 0x1500), VTL1_HYPERCALL);
+    assert_eq!(read_u64(&p, DATA + 0x1500), VTL1_HYPERCALL);
     assert_eq!(one(0x5A), 0xB0B0);
     assert!(
         port(0x4E).is_empty(),

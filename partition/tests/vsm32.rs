@@ -7,12 +7,9 @@
 
 mod common;
 
-use std::sync::mpsc::channel;
-
 use common::*;
 use hv_defs::vsm::VsmCodePageOffsets;
 use hv_defs::{EnableVpVtlInput, HvStatus, PartitionId, VpIndex, Vtl};
-use vm_memory::{Bytes, GuestAddress};
 use zerocopy::IntoBytes;
 
 const VTL1_CODE: u64 = 0x30000;
@@ -154,20 +151,10 @@ fn a_32_bit_vtl0_calls_vtl1_through_the_32_bit_sequences() {
         vp_vtl_context: ctx,
     };
     put(&p, DATA + 0x100, input.as_bytes());
-    let mut v = p.create_vp(vp(0)).unwrap();
     let ctx = protected_mode(p.memory(), CODE, stack(0));
-    v.set_registers(&hv_regs::context_registers(&ctx)).unwrap();
-    p.set_explicit_suspend(vp(0), false).unwrap();
-    let (tx, rx) = channel();
-    let t = std::thread::spawn(move || run_reporting(v, tx));
-    let got: Vec<(u16, u32)> = rx.iter().map(|r| (r.port, r.value)).collect();
-    t.join().expect("VP thread");
-    let one = |n: u16| -> u32 {
-        let v: Vec<u32> = got.iter().filter(|r| r.0 == n).map(|r| r.1).collect();
-        assert_eq!(v.len(), 1, "port {n:#x} (all: {got:x?})");
-        v[0]
-    };
-    let value = |gpa: u64| -> u64 { p.memory().read_obj(GuestAddress(gpa)).unwrap() };
+    let got = run_bsp_reports(&p, &hv_regs::context_registers(&ctx));
+    let one = |n: u16| only(&got, n);
+    let value = |gpa: u64| read_u64(&p, gpa);
     for port in [0x30, 0x31, 0x32] {
         assert_eq!(HvStatus(one(port) as u16), HvStatus::SUCCESS, "{port:#x}");
     }

@@ -6,11 +6,8 @@
 
 mod common;
 
-use std::sync::mpsc::channel;
-
 use common::*;
 use hv_defs::{HvStatus, Vtl};
-use vm_memory::{Bytes, GuestAddress};
 
 const VTL0_CODE: u64 = 0x30000;
 const VTL0_STACK: u64 = 0x2F000;
@@ -121,19 +118,9 @@ fn vtl2_returns_into_vtl0_and_vtl0_calls_back() {
     let control = 0x51u64 | ((regs.len() as u64) << 32);
     put(DATA + 0xFF8, &control.to_le_bytes());
 
-    let mut v = p.create_vp(vp(0)).unwrap();
-    v.set_registers(&bsp_registers(CODE, stack(0))).unwrap();
-    p.set_explicit_suspend(vp(0), false).unwrap();
-    let (tx, rx) = channel();
-    let t = std::thread::spawn(move || run_reporting(v, tx));
-    let got: Vec<(u16, u32)> = rx.iter().map(|r| (r.port, r.value)).collect();
-    t.join().expect("VP thread");
-    let one = |n: u16| -> u32 {
-        let v: Vec<u32> = got.iter().filter(|r| r.0 == n).map(|r| r.1).collect();
-        assert_eq!(v.len(), 1, "port {n:#x} (all: {got:x?})");
-        v[0]
-    };
-    let value = |gpa: u64| -> u64 { p.memory().read_obj(GuestAddress(gpa)).unwrap() };
+    let got = run_bsp_reports(&p, &bsp_registers(CODE, stack(0)));
+    let one = |n: u16| only(&got, n);
+    let value = |gpa: u64| read_u64(&p, gpa);
     // VTL 0's private RIP, read from VTL 2: the architectural reset value.
     assert_eq!(HvStatus(one(0x30) as u16), HvStatus::SUCCESS);
     assert_eq!(value(DATA + 0x800), 0xFFF0);

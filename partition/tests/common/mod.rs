@@ -399,3 +399,39 @@ pub fn protected_mode(m: &vm_memory::GuestMemoryMmap, rip: u64, rsp: u64) -> Ini
         msr_cr_pat: 0x0007_0406_0007_0406,
     }
 }
+
+/// Runs VP 0 with `registers` set and its suspend cleared, on a thread of its
+/// own, until it writes DONE: every port write it made, in order.
+pub fn run_bsp_reports(
+    p: &Arc<Partition>,
+    registers: &[(HvRegisterName, HvRegisterValue)],
+) -> Vec<(u16, u32)> {
+    let mut v = p.create_vp(vp(0)).unwrap();
+    v.set_registers(registers).unwrap();
+    p.set_explicit_suspend(vp(0), false).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || run_reporting(v, tx));
+    let got: Vec<(u16, u32)> = rx.iter().map(|r| (r.port, r.value)).collect();
+    t.join().expect("VP thread");
+    got
+}
+
+/// The values written to `port` in `got`.
+pub fn writes_to(got: &[(u16, u32)], port: u16) -> Vec<u32> {
+    got.iter()
+        .filter(|(q, _)| *q == port)
+        .map(|&(_, v)| v)
+        .collect()
+}
+
+/// The one value written to `port` in `got` (fails the test otherwise).
+pub fn only(got: &[(u16, u32)], port: u16) -> u32 {
+    let v = writes_to(got, port);
+    assert_eq!(v.len(), 1, "port {port:#x}: {v:x?} (all: {got:x?})");
+    v[0]
+}
+
+/// The u64 at `gpa` in the partition's RAM.
+pub fn read_u64(p: &Partition, gpa: u64) -> u64 {
+    p.memory().read_obj(GuestAddress(gpa)).unwrap()
+}
