@@ -9,12 +9,11 @@
 //! KERNEL_GS bases, TSC_AUX, the local APIC, and the synthetic MSRs private
 //! to a VTL (kept by the partition per VTL).
 
+use std::cell::Cell;
 use std::time::Instant;
 
 use hv_defs::vsm::{assist, VtlEntryReason, VTL_RETURN_FAST};
-use hv_defs::Vtl;
-use std::cell::Cell;
-
+use hv_defs::{InitialVpContext, Vtl};
 use kvm_bindings::{
     kvm_fpu, kvm_regs, kvm_sync_regs, kvm_xcrs, kvm_xsave, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
     KVM_VCPUEVENT_VALID_SMM,
@@ -99,24 +98,30 @@ impl Vp {
             first_entry,
         } in new
         {
-            // The VTL shares the VP's MTRRs (`crate::mtrr`).
-            if let Err(e) = crate::mtrr::copy(self.vcpu_mut(), &vcpu) {
-                log::warn!(
-                    "VP {}: MTRRs not copied to VTL {}: {e}",
-                    self.index().0,
-                    vtl.0
-                );
-            }
-            if let Some(slot) = self.parked.get_mut(vtl.0 as usize) {
-                *slot = Some(Parked {
-                    vcpu,
-                    synced: false,
-                    first_entry: Some(first_entry),
-                    shared_state: None,
-                    touched: Cell::new(false),
-                    page_translation: None,
-                });
-            }
+            self.park_new(vtl, vcpu, Some(first_entry));
+        }
+    }
+
+    /// A VTL's vCPU that has never run, parked with the VP's MTRRs (the
+    /// VTLs share them, `crate::mtrr`) and, for an EnableVpVtl, the context
+    /// of its first entry.
+    fn park_new(&mut self, vtl: Vtl, vcpu: VcpuFd, first_entry: Option<InitialVpContext>) {
+        if let Err(e) = crate::mtrr::copy(self.vcpu_mut(), &vcpu) {
+            log::warn!(
+                "VP {}: MTRRs not copied to VTL {}: {e}",
+                self.index().0,
+                vtl.0
+            );
+        }
+        if let Some(slot) = self.parked.get_mut(vtl.0 as usize) {
+            *slot = Some(Parked {
+                vcpu,
+                synced: false,
+                first_entry,
+                shared_state: None,
+                touched: Cell::new(false),
+                page_translation: None,
+            });
         }
     }
 
@@ -133,18 +138,8 @@ impl Vp {
         }
         let partition = self.partition().clone();
         let vcpu = partition.vtl0_vcpu(self.shared())?;
-        if let Err(e) = crate::mtrr::copy(self.vcpu_mut(), &vcpu) {
-            log::warn!("VP {}: MTRRs not copied to VTL 0: {e}", self.index().0);
-        }
         log::debug!("VP {}: VTL 0 vCPU made", self.index().0);
-        self.parked[0] = Some(Parked {
-            vcpu,
-            synced: false,
-            first_entry: None,
-            shared_state: None,
-            touched: Cell::new(false),
-            page_translation: None,
-        });
+        self.park_new(Vtl::VTL0, vcpu, None);
         Ok(())
     }
 
