@@ -458,10 +458,8 @@ impl Vp {
     /// register the VTLs share is the running vCPU's (one per VP).
     pub(crate) fn regs_for(&mut self, name: HvRegisterName, vtl: Vtl) -> Option<RegAccess<'_>> {
         if vtl != self.vtl && crate::vsm::shared_across_vtls(name) {
-            if vtl == Vtl::VTL0 {
-                self.ensure_vtl0().ok()?;
-            }
-            self.parked.get(vtl.0 as usize)?.as_ref()?;
+            // The VP must have `vtl` (made now for VTL 0 where it is lazy).
+            self.regs_of(vtl)?;
             return Some(self.regs());
         }
         self.regs_of(vtl)
