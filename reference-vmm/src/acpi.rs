@@ -33,6 +33,8 @@ pub struct MadtConfig {
     /// Publish the MP wakeup mailbox (Path A). A Hyper-V VTL2 guest starts its APs
     /// itself and does not need it.
     pub mp_wakeup: bool,
+    /// virtio-mmio devices for the DSDT: (register window, GSI).
+    pub virtio_mmio: Vec<(u64, u32)>,
 }
 
 /// Generic Address Structure for an 8-bit SystemIO register.
@@ -63,7 +65,33 @@ fn fadt(dsdt: u64) -> Sdt {
     f
 }
 
-fn dsdt() -> Sdt {
+/// AML bytes made elsewhere.
+struct Raw(Vec<u8>);
+
+impl acpi_tables::Aml for Raw {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+/// A virtio-mmio device as Linux's virtio_mmio driver finds it through ACPI:
+/// `_HID` LNRO0005, one 4 KiB memory window and one edge-triggered,
+/// active-high, exclusive interrupt.
+fn virtio_device(i: usize, base: u64, gsi: u32) -> Raw {
+    let hid: aml::AmlStr = "LNRO0005";
+    let hid = aml::Name::new("_HID".into(), &hid);
+    let uid = aml::Name::new("_UID".into(), &(i as u32));
+    let cca = aml::Name::new("_CCA".into(), &aml::ONE);
+    let mem = aml::Memory32Fixed::new(true, base as u32, crate::layout::VIRTIO_STRIDE as u32);
+    let irq = aml::Interrupt::new(true, true, false, false, gsi);
+    let crs = aml::Name::new("_CRS".into(), &aml::ResourceTemplate::new(vec![&mem, &irq]));
+    let name = format!("VR{i:02}");
+    let mut bytes = Vec::new();
+    aml::Device::new(name.as_str().into(), vec![&hid, &uid, &cca, &crs]).to_aml_bytes(&mut bytes);
+    Raw(bytes)
+}
+
+fn dsdt(virtio: &[(u64, u32)]) -> Sdt {
     let hid = aml::EISAName::new("PNP0501");
     let io = aml::IO::new(0x3F8, 0x3F8, 0, 8);
     let irq = aml::Interrupt::new(true, true, false, false, 4);
@@ -74,7 +102,14 @@ fn dsdt() -> Sdt {
         aml::Name::new("_CRS".into(), &crs),
     );
     let com1 = aml::Device::new("COM1".into(), vec![&hid, &uid, &crs]);
-    let sb = aml::Scope::new("\\_SB_".into(), vec![&com1]);
+    let devices: Vec<Raw> = virtio
+        .iter()
+        .enumerate()
+        .map(|(i, &(base, gsi))| virtio_device(i, base, gsi))
+        .collect();
+    let mut children: Vec<&dyn acpi_tables::Aml> = vec![&com1];
+    children.extend(devices.iter().map(|d| d as &dyn acpi_tables::Aml));
+    let sb = aml::Scope::new("\\_SB_".into(), children);
     let five: u8 = 5;
     let s5_package = aml::Package::new(vec![&five, &aml::ZERO, &aml::ZERO, &aml::ZERO]);
     let s5 = aml::Name::new("_S5_".into(), &s5_package);
@@ -125,7 +160,7 @@ pub fn build(cfg: &MadtConfig) -> Tables {
     let align = |a: u64| (a + 15) & !15;
     let rsdp_addr = ACPI_START;
     let mut at = align(rsdp_addr + Rsdp::len() as u64);
-    let dsdt = dsdt();
+    let dsdt = dsdt(&cfg.virtio_mmio);
     let dsdt_addr = at;
     at = align(at + dsdt.len() as u64);
     let fadt = fadt(dsdt_addr);
@@ -166,6 +201,7 @@ mod tests {
         let t = build(&MadtConfig {
             apic_ids: vec![0, 1, 2, 3],
             mp_wakeup: true,
+            virtio_mmio: vec![(0xD000_0000, 5), (0xD000_1000, 6)],
         });
         let find = |sig: &[u8]| {
             t.pieces
@@ -195,6 +231,17 @@ mod tests {
         assert!(checksum_ok(&dsdt));
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
         assert!(dsdt.windows(4).any(|w| w == b"COM1"));
+        assert!(dsdt.windows(4).any(|w| w == b"VR00"));
+        assert!(dsdt.windows(4).any(|w| w == b"VR01"));
+        assert!(dsdt.windows(8).any(|w| w == b"LNRO0005"));
+        // Memory32Fixed (0x86): read-write, the window's base and 4 KiB.
+        let mut m = vec![0x86, 9, 0, 1];
+        m.extend(0xD000_1000u32.to_le_bytes());
+        m.extend(0x1000u32.to_le_bytes());
+        assert!(dsdt.windows(m.len()).any(|w| w == m), "second window");
+        // Extended interrupt (0x89): consumer, edge, active high; GSI 6.
+        let irq = [0x89, 6, 0, 0x03, 1, 6, 0, 0, 0];
+        assert!(dsdt.windows(9).any(|w| w == irq), "second GSI");
         let (_, xsdt) = find(b"XSDT");
         assert_eq!(
             u64::from_le_bytes(xsdt[44..52].try_into().unwrap()),
@@ -203,6 +250,7 @@ mod tests {
         let no_wake = build(&MadtConfig {
             apic_ids: vec![0],
             mp_wakeup: false,
+            virtio_mmio: vec![],
         });
         let m = &no_wake
             .pieces

@@ -1,7 +1,7 @@
 //! The platform: a 16550 on COM1 (vm-superio), ACPI power-off and reset
 //! registers, the i8042 reset command, harmless legacy ports, and the ACPI MP
 //! wakeup mailbox, whose wakeup command starts an AP through
-//! StartVirtualProcessor.
+//! StartVirtualProcessor, and the register windows of the virtio-mmio disks.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -105,6 +105,9 @@ pub struct Devices {
     pub exit: ExitSignal,
     partition: Arc<Partition>,
     timeline: Arc<Timeline>,
+    /// The virtio-blk disks.
+    pub disks: Vec<crate::disks::Slot>,
+    mem: vm_memory::GuestMemoryMmap,
     handled: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
@@ -117,7 +120,9 @@ impl Devices {
         out: Box<dyn Write + Send>,
         timeline: Arc<Timeline>,
         mailbox: bool,
+        disks: Vec<crate::disks::Slot>,
     ) -> std::io::Result<Self> {
+        let mem = partition.memory().clone();
         Ok(Devices {
             serial: Mutex::new(Serial::new(IrqTrigger(serial_irq), out)),
             mailbox: Mutex::new([0; 4096]),
@@ -126,6 +131,8 @@ impl Devices {
             exit: ExitSignal::new()?,
             partition,
             timeline,
+            disks,
+            mem,
             handled: Mutex::new(Default::default()),
         })
     }
@@ -187,9 +194,14 @@ impl Devices {
         }
     }
 
-    /// An MMIO write: only the MP wakeup mailbox is backed, and only when the MADT
-    /// advertises it.
+    /// An MMIO write: the disks' register windows, and the MP wakeup mailbox
+    /// when the MADT advertises it.
     pub fn mmio_write(&self, gpa: u64, data: &[u8]) {
+        if let Some((slot, off)) = crate::disks::find(&self.disks, gpa) {
+            let mut t = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
+            t.write(off, data, &self.mem);
+            return;
+        }
         let Some(off) = self.mailbox_offset(gpa) else {
             return;
         };
@@ -215,6 +227,11 @@ impl Devices {
 
     /// An MMIO read.
     pub fn mmio_read(&self, gpa: u64, data: &mut [u8]) {
+        if let Some((slot, off)) = crate::disks::find(&self.disks, gpa) {
+            let t = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
+            t.read(off, data);
+            return;
+        }
         match self.mailbox_offset(gpa) {
             Some(off) => {
                 let mb = self.mailbox.lock().unwrap_or_else(|e| e.into_inner());

@@ -7,7 +7,8 @@
 //! 0x0008_0000  reserved: VMM page tables, GDT, ACPI tables (the kernel owns usable
 //!              RAM long before it starts APs, so AP page tables live here)
 //! 0x0010_0000  usable RAM up to the end of memory, below the MMIO hole
-//! 0xC000_0000  MMIO hole: the MP wakeup mailbox (unbacked), IOAPIC, LAPIC
+//! 0xC000_0000  MMIO hole: virtio-mmio devices (0xD000_0000, 4 KiB each), the MP
+//!              wakeup mailbox (unbacked), IOAPIC, LAPIC
 //! 0x1_0000_0000 the rest of RAM, if any
 //! ```
 
@@ -41,6 +42,25 @@ pub const HIGH_RAM: u64 = 0x10_0000;
 pub const MMIO_HOLE: u64 = 0xC000_0000;
 /// 4 GiB.
 pub const FOUR_GIB: u64 = 1 << 32;
+/// The first virtio-mmio device's register window; the next ones follow at
+/// [`VIRTIO_STRIDE`].
+pub const VIRTIO_MMIO: u64 = 0xD000_0000;
+/// The distance between two virtio-mmio devices.
+pub const VIRTIO_STRIDE: u64 = 0x1000;
+/// The GSI of the first virtio-mmio device; the next ones take the next GSIs
+/// (COM1 has GSI 4).
+pub const VIRTIO_GSI: u32 = 5;
+/// The most virtio-mmio devices (GSIs 5 to 12 of the IOAPIC's 24).
+pub const VIRTIO_MAX: usize = 8;
+
+/// The register window and GSI of virtio-mmio device `i`.
+pub fn virtio_slot(i: usize) -> (u64, u32) {
+    (
+        VIRTIO_MMIO + i as u64 * VIRTIO_STRIDE,
+        VIRTIO_GSI + i as u32,
+    )
+}
+
 /// The ACPI MP wakeup mailbox: an unbacked page, so the guest's accesses exit.
 pub const MAILBOX: u64 = 0xFEB0_0000;
 /// The IOAPIC.

@@ -5,6 +5,7 @@ mod acpi;
 mod boot;
 mod devices;
 mod diag;
+mod disks;
 mod image;
 mod layout;
 mod pvm;
@@ -84,6 +85,11 @@ struct Args {
     /// An initramfs (cpio, optionally compressed as the kernel supports).
     #[arg(long)]
     initramfs: Option<PathBuf>,
+    /// A raw disk image as a virtio-blk device (virtio-mmio, found through the
+    /// ACPI DSDT); `PATH,ro` for read-only. Repeatable: the first is /dev/vda,
+    /// and `root=/dev/vda` is added to the command line unless it names a root.
+    #[arg(long, value_name = "PATH[,ro]", value_parser = disks::parse_disk)]
+    disk: Vec<disks::DiskSpec>,
     /// The kernel command line.
     #[arg(long, default_value = DEFAULT_CMDLINE)]
     cmdline: String,
@@ -137,6 +143,9 @@ pub enum VmmError {
     /// The initramfs.
     #[error("initramfs {0}: {1}")]
     Initramfs(PathBuf, String),
+    /// A disk.
+    #[error("{0}")]
+    Disk(String),
     /// The vCPU count.
     #[error("--vcpus {0}: must be between 1 and {1} on this host")]
     Vcpus(u32, u32),
@@ -294,6 +303,7 @@ fn run(args: Args) -> Result<i32, VmmError> {
             what: "the kernel and 16 MiB for it to run in".into(),
         });
     }
+    let disk_files = disks::open(&args.disk).map_err(VmmError::Disk)?;
     let hyperv = match args.hyperv {
         HyperV::Off => None,
         HyperV::Vtl2 => Some(HyperVConfig::booting_in(Vtl::VTL2)),
@@ -312,6 +322,16 @@ fn run(args: Args) -> Result<i32, VmmError> {
     };
     if hyperv.is_some() {
         add("noxsave");
+    }
+    if let Some(first) = args.disk.first() {
+        if !args
+            .cmdline
+            .split_whitespace()
+            .any(|w| w.starts_with("root="))
+        {
+            add("root=/dev/vda");
+            add(if first.read_only { "ro" } else { "rw" });
+        }
     }
     if pvm {
         pvm::PVM_CMDLINE.split_whitespace().for_each(&mut add);
@@ -371,6 +391,7 @@ fn run(args: Args) -> Result<i32, VmmError> {
     let tables = acpi::build(&acpi::MadtConfig {
         apic_ids: (0..args.vcpus as u8).collect(),
         mp_wakeup,
+        virtio_mmio: (0..disk_files.len()).map(layout::virtio_slot).collect(),
     });
     for (addr, bytes) in &tables.pieces {
         mem.write_slice(bytes, GuestAddress(*addr))
@@ -393,6 +414,7 @@ fn run(args: Args) -> Result<i32, VmmError> {
         .vm()
         .register_irqfd(&serial_irq, 4)
         .map_err(|e| VmmError::Setup(format!("KVM_IRQFD: {e}")))?;
+    let disk_slots = disks::attach(partition.vm(), disk_files).map_err(VmmError::Setup)?;
     let devices = Arc::new(
         Devices::new(
             partition.clone(),
@@ -400,6 +422,7 @@ fn run(args: Args) -> Result<i32, VmmError> {
             Box::new(std::io::stdout()),
             timeline.clone(),
             mp_wakeup,
+            disk_slots,
         )
         .map_err(|e| VmmError::Setup(e.to_string()))?,
     );
@@ -496,11 +519,23 @@ fn run(args: Args) -> Result<i32, VmmError> {
         return Err(e);
     }
 
-    let mut em = EventManager::<Console>::new().map_err(|e| VmmError::Setup(format!("{e:?}")))?;
-    let id = em.add_subscriber(Console {
+    let mut em = EventManager::<Arc<std::sync::Mutex<dyn MutEventSubscriber + Send>>>::new()
+        .map_err(|e| VmmError::Setup(format!("{e:?}")))?;
+    let console = Arc::new(std::sync::Mutex::new(Console {
         devices: devices.clone(),
         done: false,
-    });
+    }));
+    em.add_subscriber(console.clone());
+    for slot in &devices.disks {
+        if let Some(ev) = &slot.notify {
+            let ev = ev.try_clone().map_err(|e| VmmError::Setup(e.to_string()))?;
+            em.add_subscriber(Arc::new(std::sync::Mutex::new(disks::Notifier {
+                transport: slot.transport.clone(),
+                event: ev,
+                mem: partition.memory().clone(),
+            })));
+        }
+    }
     // Set-up is done: from here the main thread only runs the event loop.
     if let Some(f) = &filters {
         seccomp::apply(&f.main).map_err(VmmError::Setup)?;
@@ -516,7 +551,7 @@ fn run(args: Args) -> Result<i32, VmmError> {
                 "a VP thread ended without the guest ending".into(),
             ));
         }
-        let done = em.subscriber_mut(id).map(|c| c.done).unwrap_or(true);
+        let done = console.lock().map(|c| c.done).unwrap_or(true);
         if done || devices.exit.get().is_some() {
             break;
         }
@@ -550,6 +585,18 @@ fn run(args: Args) -> Result<i32, VmmError> {
     }
     if args.stats {
         diag::line(format_args!("{}", partition.stats()));
+        for (path, c) in disks::counters(&devices.disks) {
+            diag::line(format_args!(
+                "disk {}: {} reads ({} bytes), {} writes ({} bytes), {} flushes, {} failed\n",
+                path.display(),
+                c.reads,
+                c.bytes_read,
+                c.writes,
+                c.bytes_written,
+                c.flushes,
+                c.failed
+            ));
+        }
         for (what, n) in devices.handled() {
             diag::line(format_args!(
                 "emulation failures handled by the VMM: {what} x {n}\n"

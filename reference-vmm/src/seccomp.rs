@@ -69,8 +69,12 @@ const PROFILE: &[i64] = &[
 const PROFILE: &[i64] = &[];
 
 /// A VP thread's extra calls: KVM (its vCPU, the scratch VM a start context is
-/// tried on, the hypercall overlay's memory slots).
-const VP: &[i64] = &[libc::SYS_ioctl];
+/// tried on, the hypercall overlay's memory slots) and, where KVM gave a disk
+/// no ioeventfd, that disk's I/O.
+const VP: &[i64] = &[libc::SYS_ioctl, DISK_IO[0], DISK_IO[1], DISK_IO[2]];
+
+/// A disk's I/O: vectored reads and writes at an offset, fdatasync (FLUSH).
+const DISK_IO: [i64; 3] = [libc::SYS_preadv, libc::SYS_pwritev, libc::SYS_fdatasync];
 
 /// The main thread's extra calls: the event loop.
 const MAIN: &[i64] = &[
@@ -78,6 +82,9 @@ const MAIN: &[i64] = &[
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_ctl,
     libc::SYS_ioctl,
+    DISK_IO[0],
+    DISK_IO[1],
+    DISK_IO[2],
 ];
 
 /// `ioctl` only with a KVM request: the request's type byte (bits 15:8) is
