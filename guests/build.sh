@@ -5,7 +5,12 @@
 #   initramfs:  busybox.cpio (busybox-static /init that prints a marker, nproc and
 #               the online CPUs, then powers off) and probe.cpio (an /init whose first
 #               instruction is ud2, for hosts whose user space cannot make syscalls)
-# Results are linked under target/guests/. Usage: guests/build.sh [minimal] [vtl2]
+#   disks:      busybox-root.img and probe-root.img, ext4 root disks with the same
+#               two kinds of init (guests/disks.py), built with every run
+#   debian:     debian.img, Debian 12 from debootstrap (only when named: about a
+#               minute and the network)
+# Results are linked under target/guests/.
+# Usage: guests/build.sh [minimal] [vtl2] [debian]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -18,7 +23,7 @@ names=("$@")
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
 need=()
-for p in flex bison bc libelf-dev gcc make xz-utils python3; do
+for p in flex bison bc libelf-dev gcc make xz-utils python3 e2fsprogs debootstrap; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -99,8 +104,37 @@ build_initramfs() {
   fi
   ln -sf "$dir/busybox.cpio" "$out/busybox.cpio"
   ln -sf "$dir/probe.cpio" "$out/probe.cpio"
+  key=$( (basename "$bb_deb"; cat "$here/initramfs.py" "$here/disks.py"; mkfs.ext4 -V 2>&1 | head -n1) | sha256sum | cut -c1-16)
+  dir=$cache/disks-$key
+  if [ ! -f "$dir/probe-root.img" ]; then
+    rm -rf "$dir"
+    mkdir -p "$dir/x"
+    dpkg -x "$bb_deb" "$dir/x"
+    python3 "$here/disks.py" busybox "$dir/x/bin/busybox" "$dir"
+    rm -rf "$dir/x"
+  fi
+  # Tests write to their own copies; these stay as built.
+  ln -sf "$dir/busybox-root.img" "$out/busybox-root.img"
+  ln -sf "$dir/probe-root.img" "$out/probe-root.img"
+}
+
+build_debian() {
+  local key dir t0=$SECONDS
+  key=$( (cat "$here/disks.py"; echo bookworm) | sha256sum | cut -c1-16)
+  dir=$cache/debian-$key
+  if [ ! -f "$dir/debian.img" ]; then
+    echo "guests: debootstrap of Debian 12 into debian.img (key $key)" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    python3 "$here/disks.py" debian "$dir" >"$dir/debootstrap.log" 2>&1 || {
+      tail -n 30 "$dir/debootstrap.log" >&2; echo "guests: debootstrap failed" >&2; exit 1; }
+    echo "guests: debian.img built in $((SECONDS - t0)) s" >&2
+  fi
+  ln -sf "$dir/debian.img" "$out/debian.img"
 }
 
 build_initramfs
-for n in "${names[@]}"; do build_kernel "$n"; done
+for n in "${names[@]}"; do
+  if [ "$n" = debian ]; then build_debian; else build_kernel "$n"; fi
+done
 ls -l "$out" "$out"/*/ >&2
