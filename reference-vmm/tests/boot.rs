@@ -184,3 +184,121 @@ fn linux_boots_with_4_cpus_started_through_start_virtual_processor() {
         r.stderr
     );
 }
+
+/// A root file system on a virtio-blk disk (virtio-mmio, found through the
+/// DSDT), with no initramfs: the kernel mounts /dev/vda and runs its
+/// /sbin/init. On PVM the disk's init is the ud2 probe (read-only disk); on
+/// real KVM the busybox init writes 1 MiB, syncs and powers off, and the next
+/// boot reads the same bytes back.
+#[test]
+fn linux_boots_from_a_virtio_blk_root_disk() {
+    let kernel = guest("minimal/vmlinux");
+    let pvm = pvm_host();
+    let base = [
+        "--kernel",
+        kernel.as_str(),
+        "--vcpus",
+        "4",
+        "--timings",
+        "--stats",
+    ];
+    let check_disk = |r: &Run| {
+        let tail = r.tail();
+        assert!(
+            r.has("virtio_blk virtio0: [vda]"),
+            "the driver found the disk: {tail}"
+        );
+        assert!(r.has("EXT4-fs (vda): mounted filesystem"), "{tail}");
+        assert!(r.has("Run /sbin/init as init process"), "{tail}");
+        assert_eq!(
+            r.count("started through StartVirtualProcessor (VTL 0)"),
+            3,
+            "{tail}"
+        );
+    };
+    if pvm {
+        let disk = format!("{},ro", guest("probe-root.img"));
+        let r = vmm(&[&base[..], &["--disk", &disk]].concat(), LIMIT);
+        check_disk(&r);
+        assert!(
+            r.has("init[1] trap invalid opcode ip:400078"),
+            "{}",
+            r.tail()
+        );
+        assert_eq!(r.status, Some(3), "{}", r.tail());
+        return;
+    }
+    let disk = DiskCopy::of("busybox-root.img", "root-persist.img");
+    let seed = format!("hvkvm_seed={}", std::process::id());
+    let cmdline = |mode: &str| format!("{DEFAULT_CMDLINE} hvkvm={mode} {seed}");
+    let w = cmdline("write");
+    let r = vmm(
+        &[&base[..], &["--disk", &disk.path(), "--cmdline", &w]].concat(),
+        LIMIT,
+    );
+    check_disk(&r);
+    assert_eq!(r.status, Some(0), "{}", r.tail());
+    assert!(r.has("HVKVM-NPROC: 4"), "{}", r.tail());
+    let wrote = marker(&r, "HVKVM-WROTE: ");
+    let rd = cmdline("read");
+    let r2 = vmm(
+        &[&base[..], &["--disk", &disk.path(), "--cmdline", &rd]].concat(),
+        LIMIT,
+    );
+    assert_eq!(r2.status, Some(0), "{}", r2.tail());
+    let read = marker(&r2, "HVKVM-READ: ");
+    assert_eq!(
+        read,
+        format!("{wrote} {}", std::process::id()),
+        "{}",
+        r2.tail()
+    );
+    assert!(
+        r.has("disk ") && r.has(" writes ("),
+        "--stats disk line: {}",
+        r.tail()
+    );
+}
+
+/// Data the guest synced is on the disk even when the VMM is killed right
+/// after (SIGKILL, no clean-up): the guest writes 1 MiB, runs `sync` (a
+/// virtio FLUSH, served with fdatasync before it completes), prints its
+/// checksum, and the VMM is killed on that line. Needs guest user space, so
+/// real KVM: scripts/test-all.sh runs it in the nested tier.
+#[test]
+fn nested_tier_synced_data_survives_sigkill_of_the_vmm() {
+    assert!(
+        !pvm_host(),
+        "this test needs guest user space, which PVM lacks: the nested real-KVM tier \
+         (scripts/nested.py, run by scripts/test-all.sh) runs it"
+    );
+    let kernel = guest("minimal/vmlinux");
+    let disk = DiskCopy::of("busybox-root.img", "root-sigkill.img");
+    let pid = std::process::id();
+    let w = format!("{DEFAULT_CMDLINE} hvkvm=write-hang hvkvm_seed={pid}");
+    let args = ["--kernel", &kernel, "--vcpus", "2", "--disk", &disk.path()];
+    let r = vmm_until(
+        &[&args[..], &["--cmdline", &w]].concat(),
+        "HVKVM-SYNCED: ",
+        LIMIT,
+    );
+    assert_eq!(r.status, None, "killed on the marker: {}", r.tail());
+    let synced = marker(&r, "HVKVM-SYNCED: ");
+    let rd = format!("{DEFAULT_CMDLINE} hvkvm=read");
+    let r2 = vmm(&[&args[..], &["--cmdline", &rd]].concat(), LIMIT);
+    assert_eq!(r2.status, Some(0), "{}", r2.tail());
+    assert_eq!(
+        marker(&r2, "HVKVM-READ: "),
+        format!("{synced} {pid}"),
+        "{}",
+        r2.tail()
+    );
+}
+
+/// The rest of the line after `prefix` in the guest's output.
+fn marker(r: &Run, prefix: &str) -> String {
+    r.stdout
+        .lines()
+        .find_map(|l| l.split_once(prefix).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("no '{prefix}' line: {}", r.tail()))
+}

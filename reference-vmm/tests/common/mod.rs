@@ -37,6 +37,9 @@ impl Run {
     }
 }
 
+/// The kernel command line reference-vmm uses by default.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 panic=-1 pci=off";
+
 /// Runs reference-vmm with `args`, killing it after `limit`.
 pub fn vmm(args: &[&str], limit: Duration) -> Run {
     vmm_with_input(args, None, limit)
@@ -158,4 +161,91 @@ pub fn temp_file(name: &str, bytes: &[u8]) -> String {
     let p = dir.join(format!("{}-{}", std::process::id(), name));
     std::fs::write(&p, bytes).unwrap();
     p.to_string_lossy().into_owned()
+}
+
+/// Runs reference-vmm with `args` and kills it (SIGKILL) as soon as its
+/// standard output shows `marker`, or after `limit`. `status` is `None` when
+/// it was killed.
+pub fn vmm_until(args: &[&str], marker: &str, limit: Duration) -> Run {
+    use std::io::BufRead;
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reference-vmm"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn reference-vmm");
+    let out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let mut stdout = String::new();
+    let mut status = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                stdout.push_str(&line);
+                stdout.push('\n');
+                if line.contains(marker) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                status = child.wait().unwrap().code();
+                break;
+            }
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+    }
+    while let Ok(line) = rx.try_recv() {
+        stdout.push_str(&line);
+        stdout.push('\n');
+    }
+    Run {
+        status,
+        stdout,
+        stderr: t_err.join().unwrap(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// A private copy of a guest disk image (tests write to it), removed on drop.
+pub struct DiskCopy(pub PathBuf);
+
+impl DiskCopy {
+    pub fn of(rel: &str, name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("hvkvm-{}-{name}", std::process::id()));
+        std::fs::copy(guest(rel), &p).expect("copy the disk image");
+        DiskCopy(p)
+    }
+
+    pub fn path(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for DiskCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
