@@ -7,8 +7,10 @@
 #               instruction is ud2, for hosts whose user space cannot make syscalls)
 #   disks:      busybox-root.img and probe-root.img, ext4 root disks with the same
 #               two kinds of init (guests/disks.py), built with every run
-#   debian:     debian.img, Debian 12 from debootstrap (only when named: about a
-#               minute and the network)
+#   debian:     target/debian/debian.img, Debian 12 from debootstrap (only when
+#               named: about a minute and the network), with Debian's cloud
+#               kernel (target/debian/vmlinuz) and an initramfs that mounts
+#               /dev/vda with it (target/debian/initrd.cpio)
 # Results are linked under target/guests/.
 # Usage: guests/build.sh [minimal] [vtl2] [debian]
 set -euo pipefail
@@ -130,7 +132,15 @@ build_debian() {
       tail -n 30 "$dir/debootstrap.log" >&2; echo "guests: debootstrap failed" >&2; exit 1; }
     echo "guests: debian.img built in $((SECONDS - t0)) s" >&2
   fi
-  ln -sf "$dir/debian.img" "$out/debian.img"
+  # Not under target/guests, whose files every nested reference-vmm test takes.
+  mkdir -p "$repo/target/debian"
+  ln -sf "$dir/debian.img" "$repo/target/debian/debian.img"
+  # Debian's own cloud kernel, and an initramfs that loads its virtio modules and
+  # mounts /dev/vda (the nested tier's L1 kernel, cached there).
+  local stock
+  mapfile -t stock < <(python3 "$repo/scripts/nested.py" stock-root)
+  ln -sf "${stock[0]}" "$repo/target/debian/vmlinuz"
+  ln -sf "${stock[1]}" "$repo/target/debian/initrd.cpio"
 }
 
 build_initramfs

@@ -111,7 +111,7 @@ def debian(out):
         # No package caches in the image.
         shutil.rmtree(os.path.join(root, "var", "cache", "apt", "archives"), ignore_errors=True)
         os.makedirs(os.path.join(root, "var", "cache", "apt", "archives", "partial"))
-        mkfs(root, os.path.join(out, "debian.img.tmp"), 640, "hvkvm-debian")
+        mkfs(root, os.path.join(out, "debian.img.tmp"), 512, "hvkvm-debian")
     os.replace(os.path.join(out, "debian.img.tmp"), os.path.join(out, "debian.img"))
 
 

@@ -20,10 +20,17 @@ busybox-static), cached by content hash, and runs a payload inside it:
   nested.py boots --vmm PATH --initramfs PATH [--vcpus 4,16] [--hyperv MODE]
                                         the stock-kernel boots (Debian's cloud
                                         kernel + busybox, 4 and 16 vCPUs)
+  nested.py stock-root                  print the stock cloud kernel (bzImage) and
+                                        an initramfs that mounts /dev/vda with it
+  nested.py debian --vmm PATH [--disk target/debian/debian.img] [--vcpus 4]
+                                        Debian 12 from its root disk (virtio-blk)
+                                        with the stock kernel, to systemd's login
+                                        prompt; the VMM is killed there
   nested.py suite                       what scripts/test-all.sh runs: builds the
                                         workspace's test executables, runs them
                                         all (`tests`), then the stock boots (4 and
-                                        16 vCPUs, and 4 with --hyperv vsm)
+                                        16 vCPUs, and 4 with --hyperv vsm), and
+                                        the Debian boot
 
 `run` prints the payload's output and exits with its status. A failure of the tier
 itself is never mistaken for the payload's: QEMU missing, L1 not coming up, TCG
@@ -177,6 +184,64 @@ def build_l1():
     shutil.rmtree(d, ignore_errors=True)
     os.rename(tmp, d)
     return d
+
+
+STOCK_ROOT_INIT = """#!/bin/busybox sh
+bb=/bin/busybox
+$bb mount -t proc proc /proc
+$bb mount -t devtmpfs devtmpfs /dev
+for m in virtio_ring virtio virtio_mmio virtio_blk; do
+  $bb insmod /modules/$m.ko || echo "HVKVM-ROOT: insmod $m.ko failed"
+done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do $bb sleep 0.1; i=$((i + 1)); done
+$bb mkdir -p /newroot
+$bb mount -t ext4 -o rw /dev/vda /newroot || { echo "HVKVM-ROOT: cannot mount /dev/vda"; $bb poweroff -f; }
+echo "HVKVM-ROOT: /dev/vda mounted; switching to its /sbin/init"
+$bb umount /dev /proc
+exec $bb switch_root /newroot /sbin/init
+"""
+
+
+def stock_root_initramfs():
+    """An initramfs for Debian's stock cloud kernel, whose virtio drivers are
+    modules: busybox loads virtio_ring, virtio, virtio_mmio and virtio_blk (in that order, their dependencies), mounts
+    /dev/vda and switches to its /sbin/init. Cached by content hash."""
+    dl = os.path.join(CACHE, "dl")
+    kdeb = apt_download(cloud_kernel_package(), dl)
+    bdeb = apt_download("busybox-static", dl)
+    recipe = (inspect.getsource(stock_root_initramfs) + STOCK_ROOT_INIT).encode()
+    key = hashlib.sha256(os.path.basename(kdeb).encode() + os.path.basename(bdeb).encode()
+                         + recipe).hexdigest()[:16]
+    d = os.path.join(CACHE, f"stock-root-{key}")
+    out = os.path.join(d, "root.cpio")
+    if os.path.exists(out):
+        return out
+    tmp = d + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    extract(kdeb, os.path.join(tmp, "k"))
+    extract(bdeb, os.path.join(tmp, "b"))
+    c = Cpio()
+    for dname in ("dev", "proc", "sys", "bin", "modules", "newroot"):
+        c.dir(dname)
+    c.chardev("dev/console", 5, 1)
+    c.file("bin/busybox", open(os.path.join(tmp, "b", "bin", "busybox"), "rb").read())
+    c.file("init", STOCK_ROOT_INIT.encode())
+    want = {f"{m}.ko" for m in ("virtio", "virtio_ring", "virtio_mmio", "virtio_blk")}
+    found = set()
+    for root, _, files in os.walk(os.path.join(tmp, "k", "lib", "modules")):
+        for f in files:
+            if f in want:
+                c.file(f"modules/{f}", open(os.path.join(root, f), "rb").read(), 0o100644)
+                found.add(f)
+    if found != want:
+        raise L1Failure(f"{os.path.basename(kdeb)} lacks {sorted(want - found)}")
+    os.makedirs(tmp + ".out", exist_ok=True)
+    open(os.path.join(tmp + ".out", "root.cpio"), "wb").write(c.finish())
+    shutil.rmtree(tmp)
+    shutil.rmtree(d, ignore_errors=True)
+    os.rename(tmp + ".out", d)
+    return out
 
 
 def shared_libs(path):
@@ -363,11 +428,11 @@ def list_tests(exe):
     return [l[: -len(": test")] for l in r.stdout.splitlines() if l.endswith(": test")]
 
 
-def run_with_retry(cmd, files, timeout, what):
+def run_with_retry(cmd, files, timeout, what, mem_mib=3072):
     """One retry when the tier itself fails, said out loud; a second failure stands."""
     for attempt in (1, 2):
         try:
-            return run(cmd, files, timeout, echo=False)
+            return run(cmd, files, timeout, mem_mib=mem_mib, echo=False)
         except L1Failure as e:
             log(f"L1 failure: {what} (attempt {attempt}): {e}")
             if attempt == 2:
@@ -466,6 +531,67 @@ def boots(vmm, busybox, sweep, extra=()):
     return 0 if failed == 0 else 1
 
 
+DEBIAN_BOOT = """vmm=%(vmm)s
+( %(cmd)s; echo "HVKVM-VMM-STATUS: $?" ) 2>&1 | tee /tmp/vmm.out &
+i=0
+while ! grep -q -e 'login: *$' -e 'HVKVM-VMM-STATUS' /tmp/vmm.out 2>/dev/null; do
+  [ $i -ge %(ticks)d ] && { echo "HVKVM-DEBIAN: no login prompt after %(limit)d s"; break; }
+  sleep 0.5; i=$((i + 1))
+done
+st=1
+grep -q 'login: *$' /tmp/vmm.out && { st=0; echo; echo "HVKVM-DEBIAN: login prompt"; }
+killall -9 "${vmm##*/}" 2>/dev/null
+wait
+exit $st
+"""
+
+
+def debian_boot(vmm, disk, vcpus=4, limit=300):
+    """Debian 12 from a virtio-blk root disk (guests/build.sh debian) with the
+    stock cloud kernel: reference-vmm boots it to systemd's login prompt on the
+    serial console, every AP started through StartVirtualProcessor. The VMM is
+    killed (SIGKILL) at the prompt; the L1 has its own copy of the disk (in its
+    initramfs), so the image stays as built."""
+    kernel = stock_kernel()
+    initrd = stock_root_initramfs()
+    name = open(os.path.join(build_l1(), "release")).read().strip()
+    label = f"stock {name} bzImage, {vcpus} vCPUs, Debian 12 root disk to login"
+    if not os.path.isfile(disk):
+        print(f"FAIL {label}: {disk} is missing (guests/build.sh debian builds it)")
+        return 1
+    copy = os.path.abspath(disk)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [vmm, "--kernel", kernel, "--initramfs", initrd, "--disk", copy,
+               "--vcpus", str(vcpus), "--memory", "1G", "--timings"]
+        script = DEBIAN_BOOT % {"vmm": shlex.quote(vmm),
+                                "cmd": " ".join(shlex.quote(c) for c in cmd),
+                                "ticks": limit * 2, "limit": limit}
+        sh = os.path.join(tmp, "debian-boot.sh")
+        open(sh, "w").write(script)
+        size = os.path.getsize(copy) >> 20
+        o = run_with_retry(["sh", sh], [vmm, kernel, initrd, copy, sh], limit + 120, label,
+                           mem_mib=max(3072, 2048 + 2 * size))
+    st, text = o.status, o.text
+    aps = vcpus - 1
+    checks = [
+        ("a login prompt", st == 0 and "HVKVM-DEBIAN: login prompt" in text),
+        (f"{vcpus} CPUs brought up", f"smp: Brought up 1 node, {vcpus} CPUs" in text),
+        (f"{aps} starts through StartVirtualProcessor",
+         text.count("started through StartVirtualProcessor (VTL 0)") == aps),
+        ("the disk found", "[vda]" in text),
+        ("systemd as init", "systemd" in text and "HVKVM-ROOT: /dev/vda mounted" in text),
+    ]
+    bad = [c for c, ok in checks if not ok]
+    log(f"{label}: L1 ready {o.ready:.1f} s; from the VMM's start: root mounted "
+        f"{fmt(o.at('HVKVM-ROOT: /dev/vda mounted'))}, login prompt "
+        f"{fmt(o.at('login:'))} s; status {st}")
+    if bad:
+        print(f"FAIL {label}: missing {bad}\n{text[-6000:]}")
+        return 1
+    print(f"ok   {label}")
+    return 0
+
+
 def suite():
     """Every test executable of the workspace in L1, then the stock-kernel boots."""
     t0 = time.monotonic()
@@ -503,6 +629,8 @@ def suite():
     st |= boots(vmm, os.path.join(guests, "busybox.cpio"), [4, 16])
     # The same kernel in a partition that may enable VTLs 1 and 2.
     st |= boots(vmm, os.path.join(guests, "busybox.cpio"), [4], ("--hyperv", "vsm"))
+    # Debian 12 from its root disk (guests/build.sh debian) to a login prompt.
+    st |= debian_boot(vmm, os.path.join(REPO, "target", "debian", "debian.img"))
     log(f"nested tier done in {time.monotonic() - t0:.0f} s")
     return st
 
@@ -525,6 +653,11 @@ def main():
     b.add_argument("--initramfs", required=True)
     b.add_argument("--vcpus", default="4,16")
     b.add_argument("--hyperv", help="reference-vmm --hyperv mode (default: none given)")
+    sub.add_parser("stock-root")
+    d = sub.add_parser("debian")
+    d.add_argument("--vmm", required=True)
+    d.add_argument("--disk", default=os.path.join(REPO, "target", "debian", "debian.img"))
+    d.add_argument("--vcpus", type=int, default=4)
     sub.add_parser("suite")
     a = ap.parse_args()
     try:
@@ -544,6 +677,12 @@ def main():
             return tests(a.exes, a.extra, a.timeout)
         if a.cmd == "suite":
             return suite()
+        if a.cmd == "stock-root":
+            print(stock_kernel())
+            print(stock_root_initramfs())
+            return 0
+        if a.cmd == "debian":
+            return debian_boot(os.path.abspath(a.vmm), a.disk, a.vcpus)
         if a.cmd == "boots":
             return boots(os.path.abspath(a.vmm), os.path.abspath(a.initramfs),
                          [int(v) for v in a.vcpus.split(",")],
