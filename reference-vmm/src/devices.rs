@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use hv_defs::{VpIndex, Vtl};
 use hv_partition::Partition;
-use vm_superio::{serial::NoEvents, Serial, Trigger};
+use vm_superio::{serial::SerialEvents, Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT, SLEEP_STATUS_PORT, SLP_EN};
@@ -88,13 +88,28 @@ impl Trigger for IrqTrigger {
     }
 }
 
+/// Signals (an eventfd) when the guest has read the serial port's receive
+/// FIFO empty, so that the console can give it the input it held back.
+pub struct InputDrained(pub EventFd);
+
+impl SerialEvents for InputDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        let _ = self.0.write(1);
+    }
+}
+
 /// The serial port as the devices use it.
-pub type Com1 = Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>;
+pub type Com1 = Serial<IrqTrigger, InputDrained, Box<dyn Write + Send>>;
 
 /// Everything the VP threads reach on an exit.
 pub struct Devices {
     /// COM1.
     pub serial: Mutex<Com1>,
+    /// Written when the guest drained COM1's receive FIFO.
+    pub input_drained: EventFd,
     mailbox: Mutex<[u8; 4096]>,
     /// Whether the MADT advertises the mailbox; if not, its page is plain
     /// unbacked MMIO.
@@ -123,8 +138,11 @@ impl Devices {
         disks: Vec<crate::disks::Slot>,
     ) -> std::io::Result<Self> {
         let mem = partition.memory().clone();
+        let input_drained = EventFd::new(libc::EFD_NONBLOCK)?;
+        let events = InputDrained(input_drained.try_clone()?);
         Ok(Devices {
-            serial: Mutex::new(Serial::new(IrqTrigger(serial_irq), out)),
+            serial: Mutex::new(Serial::with_events(IrqTrigger(serial_irq), events, out)),
+            input_drained,
             mailbox: Mutex::new([0; 4096]),
             mailbox_enabled: mailbox,
             refused_wakeups: crate::diag::RateLimit::new(),

@@ -220,37 +220,91 @@ fn main() {
 }
 
 /// Reads stdin into the serial port and watches for the guest's end.
+///
+/// The port's receive FIFO holds 64 bytes: input beyond what fits is held
+/// back, and stdin is not read, until the guest has read the FIFO empty
+/// (`Devices::input_drained`), so pasted text reaches the guest whole.
 struct Console {
     devices: Arc<Devices>,
     done: bool,
+    /// Input read from stdin that the FIFO had no room for yet.
+    pending: std::collections::VecDeque<u8>,
+    /// Whether stdin is in the epoll set (not while input is held back, nor
+    /// after EOF).
+    watching_stdin: bool,
+    stdin_eof: bool,
 }
 
-impl MutEventSubscriber for Console {
-    fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if events.fd() == self.devices.exit.event.as_raw_fd() {
-            self.done = true;
-            return;
+impl Console {
+    fn new(devices: Arc<Devices>) -> Self {
+        Console {
+            devices,
+            done: false,
+            pending: Default::default(),
+            watching_stdin: false,
+            stdin_eof: false,
         }
-        let mut buf = [0u8; 64];
-        // SAFETY: reading into a local buffer of the given length from fd 0.
-        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            // EOF or error: stop watching stdin (CI has none).
-            let _ = ops.remove(Events::empty_raw(0));
-            return;
-        }
+    }
+
+    /// Moves held-back input into the FIFO as far as it has room.
+    fn feed(&mut self) {
         let mut s = self
             .devices
             .serial
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let _ = s.enqueue_raw_bytes(&buf[..n as usize]);
+        let room = s.fifo_capacity().min(self.pending.len());
+        if room == 0 {
+            return;
+        }
+        let bytes: Vec<u8> = self.pending.drain(..room).collect();
+        let _ = s.enqueue_raw_bytes(&bytes);
+    }
+
+    /// Watches stdin exactly when no input is held back and it is not at EOF.
+    fn update_stdin(&mut self, ops: &mut EventOps) {
+        let want = self.pending.is_empty() && !self.stdin_eof;
+        if want && !self.watching_stdin {
+            // No stdin (a closed descriptor) simply means no console input.
+            self.watching_stdin = ops.add(Events::new_raw(0, EventSet::IN)).is_ok();
+            self.stdin_eof |= !self.watching_stdin;
+        } else if !want && self.watching_stdin {
+            let _ = ops.remove(Events::empty_raw(0));
+            self.watching_stdin = false;
+        }
+    }
+}
+
+impl MutEventSubscriber for Console {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.devices.exit.event.as_raw_fd() {
+            self.done = true;
+            return;
+        }
+        if fd == self.devices.input_drained.as_raw_fd() {
+            let _ = self.devices.input_drained.read();
+            self.feed();
+            self.update_stdin(ops);
+            return;
+        }
+        let mut buf = [0u8; 256];
+        // SAFETY: reading into a local buffer of the given length from fd 0.
+        let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            // EOF or error: stop watching stdin (CI has none).
+            self.stdin_eof = true;
+        } else {
+            self.pending.extend(&buf[..n as usize]);
+            self.feed();
+        }
+        self.update_stdin(ops);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
         let _ = ops.add(Events::new(&self.devices.exit.event, EventSet::IN));
-        // No stdin (a closed descriptor) simply means no console input.
-        let _ = ops.add(Events::new_raw(0, EventSet::IN));
+        let _ = ops.add(Events::new(&self.devices.input_drained, EventSet::IN));
+        self.update_stdin(ops);
     }
 }
 
@@ -521,10 +575,7 @@ fn run(args: Args) -> Result<i32, VmmError> {
 
     let mut em = EventManager::<Arc<std::sync::Mutex<dyn MutEventSubscriber + Send>>>::new()
         .map_err(|e| VmmError::Setup(format!("{e:?}")))?;
-    let console = Arc::new(std::sync::Mutex::new(Console {
-        devices: devices.clone(),
-        done: false,
-    }));
+    let console = Arc::new(std::sync::Mutex::new(Console::new(devices.clone())));
     em.add_subscriber(console.clone());
     for slot in &devices.disks {
         if let Some(ev) = &slot.notify {

@@ -129,6 +129,15 @@ fn stdin_reaches_the_guest_through_com1() {
     let r = vmm_with_input(&["--kernel", &k], Some(b"hello from stdin q"), SHORT);
     assert_eq!(r.status, Some(0), "{}", r.tail());
     assert_eq!(r.stdout, "hello from stdin q", "{}", r.tail());
+    // Far more than the 16550's 64-byte receive FIFO at once (a paste): every
+    // byte arrives, in order, none dropped while the FIFO was full.
+    let mut long: Vec<u8> = (0..1000u32)
+        .map(|i| b"0123456789abcdef"[i as usize % 16])
+        .collect();
+    long.extend(b" q");
+    let r = vmm_with_input(&["--kernel", &k], Some(&long), SHORT);
+    assert_eq!(r.status, Some(0), "{}", r.tail());
+    assert_eq!(r.stdout.as_bytes(), &long[..], "{}", r.tail());
 }
 
 /// A bzImage setup header (boot.rst) with a zero payload: protocol 2.15, 64-bit
