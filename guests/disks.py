@@ -51,9 +51,14 @@ case "${hvkvm:-}" in
     echo "HVKVM-READ: $($bb md5sum /persist | $bb cut -d' ' -f1) $($bb tail -n1 /persist)"
     ;;
   dd)
-    # Sequential direct I/O on the second disk, 64 MiB each way.
-    $bb dd if=/dev/zero of=/dev/vdb bs=1M count=64 oflag=direct 2>&1 | $bb sed 's/^/HVKVM-DD-WRITE: /' | $bb grep copied
-    $bb dd if=/dev/vdb of=/dev/null bs=1M count=64 iflag=direct 2>&1 | $bb sed 's/^/HVKVM-DD-READ: /' | $bb grep copied
+    # Sequential direct I/O on the second disk, 64 MiB each way, timed with
+    # /proc/uptime (Debian's busybox dd prints no rate).
+    up() { $bb cut -d' ' -f1 /proc/uptime; }
+    rate() { echo "$1: 67108864 bytes copied, $($bb awk "BEGIN { print $3 - $2 }") seconds"; }
+    a=$(up); $bb dd if=/dev/zero of=/dev/vdb bs=1M count=64 oflag=direct 2>/dev/null; b=$(up)
+    rate HVKVM-DD-WRITE "$a" "$b"
+    a=$(up); $bb dd if=/dev/vdb of=/dev/null bs=1M count=64 iflag=direct 2>/dev/null; b=$(up)
+    rate HVKVM-DD-READ "$a" "$b"
     ;;
   shell)
     echo "HVKVM-SHELL"
