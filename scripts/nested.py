@@ -142,22 +142,48 @@ def extract(deb, into):
     subprocess.run(["dpkg-deb", "-x", deb, into], check=True)
 
 
-def build_l1():
-    """Builds (or finds) the L1 kernel and base initramfs; returns their directory."""
+def kernel_and_busybox(prefix, builder, init):
+    """What both initramfs builds start from: the cloud kernel's and busybox-static's
+    packages, and the cache directory named by their versions and the recipe (the
+    builder's source and its init script). Returns (kernel deb, busybox deb, key,
+    directory)."""
     dl = os.path.join(CACHE, "dl")
     kdeb = apt_download(cloud_kernel_package(), dl)
     bdeb = apt_download("busybox-static", dl)
-    recipe = (inspect.getsource(build_l1) + L1_INIT).encode()
+    recipe = (inspect.getsource(builder) + init).encode()
     key = hashlib.sha256(os.path.basename(kdeb).encode() + os.path.basename(bdeb).encode()
                          + recipe).hexdigest()[:16]
-    d = os.path.join(CACHE, f"l1-{key}")
+    return kdeb, bdeb, key, os.path.join(CACHE, f"{prefix}-{key}")
+
+
+def unpack(kdeb, bdeb, tmp):
+    """Extracts both packages under tmp (k/ and b/), afresh."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    extract(kdeb, os.path.join(tmp, "k"))
+    extract(bdeb, os.path.join(tmp, "b"))
+
+
+def kernel_modules(kdeb, tmp, names):
+    """{file name: path} of the named .ko files in the kernel package unpacked under
+    tmp; all of them, or L1Failure."""
+    found = {}
+    for root, _, files in os.walk(os.path.join(tmp, "k", "lib", "modules")):
+        for f in files:
+            if f in names:
+                found[f] = os.path.join(root, f)
+    if set(found) != set(names):
+        raise L1Failure(f"{os.path.basename(kdeb)} lacks {sorted(set(names) - set(found))}")
+    return found
+
+
+def build_l1():
+    """Builds (or finds) the L1 kernel and base initramfs; returns their directory."""
+    kdeb, bdeb, key, d = kernel_and_busybox("l1", build_l1, L1_INIT)
     if os.path.exists(os.path.join(d, "base.cpio")):
         return d
     log(f"building L1 {key} from {os.path.basename(kdeb)} and {os.path.basename(bdeb)}")
     tmp = d + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    extract(kdeb, os.path.join(tmp, "k"))
-    extract(bdeb, os.path.join(tmp, "b"))
+    unpack(kdeb, bdeb, tmp)
     boot = os.path.join(tmp, "k", "boot")
     vmlinuz = [f for f in os.listdir(boot) if f.startswith("vmlinuz-")][0]
     shutil.copy(os.path.join(boot, vmlinuz), os.path.join(tmp, "vmlinuz"))
@@ -167,14 +193,7 @@ def build_l1():
     c.chardev("dev/console", 5, 1)
     c.file("bin/busybox", open(os.path.join(tmp, "b", "bin", "busybox"), "rb").read())
     c.file("init", L1_INIT.encode())
-    mods = {}
-    for root, _, files in os.walk(os.path.join(tmp, "k", "lib", "modules")):
-        for f in files:
-            if f in ("irqbypass.ko", "kvm.ko", "kvm-amd.ko"):
-                mods[f] = os.path.join(root, f)
-    if len(mods) != 3:
-        raise L1Failure(f"{os.path.basename(kdeb)} lacks kvm modules (found {sorted(mods)})")
-    for f, p in mods.items():
+    for f, p in kernel_modules(kdeb, tmp, ("irqbypass.ko", "kvm.ko", "kvm-amd.ko")).items():
         c.file(f"modules/{f}", open(p, "rb").read(), 0o100644)
     open(os.path.join(tmp, "base.cpio"), "wb").write(c.finish())
     # The release name, so the stock-kernel boots can name the kernel they run.
@@ -205,37 +224,24 @@ exec $bb switch_root /newroot /sbin/init
 
 def stock_root_initramfs():
     """An initramfs for Debian's stock cloud kernel, whose virtio drivers are
-    modules: busybox loads virtio_ring, virtio, virtio_mmio and virtio_blk (in that order, their dependencies), mounts
-    /dev/vda and switches to its /sbin/init. Cached by content hash."""
-    dl = os.path.join(CACHE, "dl")
-    kdeb = apt_download(cloud_kernel_package(), dl)
-    bdeb = apt_download("busybox-static", dl)
-    recipe = (inspect.getsource(stock_root_initramfs) + STOCK_ROOT_INIT).encode()
-    key = hashlib.sha256(os.path.basename(kdeb).encode() + os.path.basename(bdeb).encode()
-                         + recipe).hexdigest()[:16]
-    d = os.path.join(CACHE, f"stock-root-{key}")
+    modules: busybox loads virtio_ring, virtio, virtio_mmio and virtio_blk (in
+    that order, their dependencies), mounts /dev/vda and switches to its
+    /sbin/init. Cached by content hash."""
+    kdeb, bdeb, _, d = kernel_and_busybox("stock-root", stock_root_initramfs, STOCK_ROOT_INIT)
     out = os.path.join(d, "root.cpio")
     if os.path.exists(out):
         return out
     tmp = d + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    extract(kdeb, os.path.join(tmp, "k"))
-    extract(bdeb, os.path.join(tmp, "b"))
+    unpack(kdeb, bdeb, tmp)
     c = Cpio()
     for dname in ("dev", "proc", "sys", "bin", "modules", "newroot"):
         c.dir(dname)
     c.chardev("dev/console", 5, 1)
     c.file("bin/busybox", open(os.path.join(tmp, "b", "bin", "busybox"), "rb").read())
     c.file("init", STOCK_ROOT_INIT.encode())
-    want = {f"{m}.ko" for m in ("virtio", "virtio_ring", "virtio_mmio", "virtio_blk")}
-    found = set()
-    for root, _, files in os.walk(os.path.join(tmp, "k", "lib", "modules")):
-        for f in files:
-            if f in want:
-                c.file(f"modules/{f}", open(os.path.join(root, f), "rb").read(), 0o100644)
-                found.add(f)
-    if found != want:
-        raise L1Failure(f"{os.path.basename(kdeb)} lacks {sorted(want - found)}")
+    want = [f"{m}.ko" for m in ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk")]
+    for f, p in kernel_modules(kdeb, tmp, want).items():
+        c.file(f"modules/{f}", open(p, "rb").read(), 0o100644)
     os.makedirs(tmp + ".out", exist_ok=True)
     open(os.path.join(tmp + ".out", "root.cpio"), "wb").write(c.finish())
     shutil.rmtree(tmp)
