@@ -40,24 +40,21 @@ mkdir -p target/demo
 cp --sparse=always "$(readlink -f target/guests/busybox-root.img)" "$disk"
 vmm=(target/release/reference-vmm --kernel "$kernel" --disk "$disk" --vcpus 4 --timings --stats "$@")
 log=target/demo/boot.log
+runner=()
+where="boot"
 if [ -e /sys/module/kvm_pvm ]; then
   echo "demo: this /dev/kvm is PVM, whose guests' user space cannot make system calls: the boot runs in the nested real-KVM tier (KVM-SVM in an L1 under QEMU TCG)"
   python3 scripts/nested.py l1 >/dev/null
   stage "nested tier's L1 (Debian packages)"
-  echo "+ scripts/nested.py run -- ${vmm[*]}"
-  set +e
-  python3 scripts/nested.py run --timeout 300 -- "${vmm[@]}" 2>&1 | tee "$log"
-  status=${PIPESTATUS[0]}
-  set -e
-  stage "boot (nested tier: L1 and guest)"
-else
-  echo "+ ${vmm[*]}"
-  set +e
-  "${vmm[@]}" 2>&1 | tee "$log"
-  status=${PIPESTATUS[0]}
-  set -e
-  stage "boot"
+  runner=(python3 scripts/nested.py run --timeout 300 --)
+  where="boot (nested tier: L1 and guest)"
 fi
+echo "+ ${runner[*]} ${vmm[*]}"
+set +e
+"${runner[@]}" "${vmm[@]}" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+stage "$where"
 
 if grep -q '^HVKVM-NPROC: 4' "$log" && grep -q '^HVKVM-ONLINE: 0-3' "$log"; then
   aps=$(grep -c 'started through StartVirtualProcessor' "$log" || true)
