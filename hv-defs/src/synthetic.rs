@@ -23,6 +23,9 @@ pub const MSR_FIRST: u32 = 0x4000_0000;
 /// Number of MSRs in the synthetic range.
 pub const MSR_COUNT: u32 = 0x200;
 
+/// CPUID 0x40000003 EAX: AccessSynicRegs (bit 2): SCONTROL, SVERSION,
+/// SIEFP, SIMP, EOM and SINT0-15.
+pub const FEAT_SYNIC_MSRS: u32 = 1 << 2;
 /// CPUID 0x40000003 EAX: AccessHypercallMsrs (bit 5).
 pub const FEAT_HYPERCALL_MSRS: u32 = 1 << 5;
 /// CPUID 0x40000003 EAX: AccessVpIndex (bit 6).

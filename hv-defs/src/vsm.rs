@@ -101,8 +101,12 @@ impl VsmPartitionConfig {
     pub const DENY_LOWER_VTL_STARTUP: u64 = 1 << 6;
     /// InterceptVpStartup: a VP start or reset is intercepted to this VTL.
     pub const INTERCEPT_VP_STARTUP: u64 = 1 << 9;
+    /// InterceptPage: this VTL's intercept messages go to its VP assist
+    /// page's intercept message area, not to SINT0 (with
+    /// [`VsmCapabilities::INTERCEPT_PAGE_AVAILABLE`]).
+    pub const INTERCEPT_PAGE: u64 = 1 << 12;
     /// The RsvdZ bits.
-    pub const RESERVED: u64 = !(0x7F | Self::INTERCEPT_VP_STARTUP);
+    pub const RESERVED: u64 = !(0x7F | Self::INTERCEPT_VP_STARTUP | Self::INTERCEPT_PAGE);
 
     /// EnableVtlProtection.
     pub const fn enable_vtl_protection(self) -> bool {
@@ -196,6 +200,11 @@ pub mod assist {
     pub const VTL_RETURN_X86_ECX: u64 = 20;
     /// VtlReturnX86Edx (u32).
     pub const VTL_RETURN_X86_EDX: u64 = 24;
+    /// The intercept message area (one HV_MESSAGE, 256 bytes) a VTL that set
+    /// VsmPartitionConfig.InterceptPage receives its intercepts in (entry
+    /// reason [`super::VtlEntryReason::Intercept`]); Linux
+    /// `hv_vp_assist_page.intercept_message`.
+    pub const INTERCEPT_MESSAGE: u64 = 112;
 }
 
 /// HvCallVtlReturn's control input (RCX at the VTL return): bit 0 is a fast
@@ -239,7 +248,9 @@ mod tests {
         assert_eq!(VsmPartitionConfig::ZERO_MEMORY_ON_RESET, 0x20);
         assert_eq!(VsmPartitionConfig::DENY_LOWER_VTL_STARTUP, 0x40);
         assert_eq!(VsmPartitionConfig::INTERCEPT_VP_STARTUP, 0x200);
-        assert_eq!(VsmPartitionConfig::RESERVED, !0x27F);
+        assert_eq!(VsmPartitionConfig::RESERVED, !0x127F);
+        assert_eq!(VsmPartitionConfig::INTERCEPT_PAGE, 1 << 12);
+        assert_eq!(assist::INTERCEPT_MESSAGE, 112);
         let c = VsmPartitionConfig(0b0_0111);
         assert!(c.enable_vtl_protection());
         assert_eq!(c.default_protection_mask(), 0b0011);
