@@ -11,7 +11,8 @@ use hv_defs::{
 };
 use hv_hypercall::{
     Caller, EnablePartitionVtl, EnableVpVtl, GetPartitionId, GetVpIndexFromApicId, GetVpRegisters,
-    HvRepResult, HypercallInput, NotifyLongSpinWait, SetVpRegisters, StartVirtualProcessor,
+    HvRepResult, HypercallInput, ModifyVtlProtectionMask, NotifyLongSpinWait, SetVpRegisters,
+    StartVirtualProcessor,
 };
 use hv_regs::{location, HvRegisterName, KvmRegister, Synthetic};
 
@@ -58,11 +59,40 @@ impl Vp {
             input: hc.rdx,
             output: hc.r8,
         };
+        if !self.parameters_accessible(&call) {
+            // A parameter page a higher VTL protects from the caller: the
+            // VMM does not read or write it on the caller's behalf.
+            let result = hv_defs::HypercallResult::error(HvError::ACCESS_DENIED);
+            self.set_result(result.0, mode);
+            return;
+        }
         let result = hv_hypercall::dispatch(partition.memory(), call, &mut GuestCalls(self, mode));
         self.set_result(result.0, mode);
         partition
             .stats
             .hypercall(hc.control.code(), result.status(), start.elapsed());
+    }
+}
+
+impl Vp {
+    /// Whether the caller's VTL may read the input page and write the output
+    /// page of a memory-form call (TLFS "Memory Access Protections": a
+    /// higher VTL's protections apply to everything done on the lower VTL's
+    /// behalf). Only the calls served here that write output have their
+    /// output page checked; a fast call has no parameter pages.
+    fn parameters_accessible(&self, call: &HypercallInput) -> bool {
+        if call.control.fast() {
+            return true;
+        }
+        let p = self.partition();
+        let writes_output = matches!(
+            call.control.code(),
+            HypercallCode::GET_VP_REGISTERS
+                | HypercallCode::GET_VP_INDEX_FROM_APIC_ID
+                | HypercallCode::GET_PARTITION_ID
+        );
+        p.vtl_may_access(self.vtl, call.input, 1, false)
+            && (!writes_output || p.vtl_may_access(self.vtl, call.output, 1, true))
     }
 }
 
@@ -179,8 +209,44 @@ impl SetVpRegisters for GuestCalls<'_> {
         }
         for (i, &(name, value)) in registers.iter().enumerate() {
             set_synthetic_of_other(&target, name, vtl, value).map_err(|e| (e, i))?;
+            if name == HvRegisterName::VSM_PARTITION_CONFIG {
+                self.0
+                    .partition()
+                    .apply_default_protection(vtl)
+                    .map_err(|e| (e, i))?;
+            }
         }
         Ok(())
+    }
+}
+
+impl ModifyVtlProtectionMask for GuestCalls<'_> {
+    /// TLFS HvCallModifyVtlProtectionMask: the partition
+    /// (`HV_STATUS_ACCESS_DENIED` for another); the target VTL's selector
+    /// (reserved bits `HV_STATUS_INVALID_PARAMETER`); "a VTL can only place
+    /// protections on a lower VTL" (`HV_STATUS_ACCESS_DENIED` for the
+    /// caller's own VTL or a higher one, and for a caller that has not set
+    /// EnableVtlProtection, [`crate::choices`]); then the flags and pages
+    /// ([`crate::Partition`]'s rules: only what a memslot enforces, only
+    /// RAM).
+    fn modify_vtl_protection_mask(
+        &mut self,
+        partition_id: PartitionId,
+        map_flags: u32,
+        target_vtl: HvInputVtl,
+        gpa_pages: &[u64],
+    ) -> HvRepResult {
+        let caller = self.caller();
+        caller.partition(partition_id).map_err(|e| (e, 0))?;
+        let target = target_vtl
+            .target()
+            .map_err(|e| (e, 0))?
+            .unwrap_or(caller.vtl);
+        let partition = self.0.partition().clone();
+        if target >= caller.vtl || !partition.vsm.protection_enabled(caller.vtl) {
+            return Err((HvError::ACCESS_DENIED, 0));
+        }
+        partition.modify_protection(caller.vtl, target, map_flags, gpa_pages)
     }
 }
 
@@ -291,6 +357,7 @@ hv_hypercall::impl_calls!(GuestCalls<'_>:
     EnableVpVtl,
     StartVirtualProcessor,
     GetVpIndexFromApicId,
+    ModifyVtlProtectionMask,
 );
 
 /// The registers one VP shares across its VTLs, and the partition's, served

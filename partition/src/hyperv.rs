@@ -123,7 +123,11 @@ pub fn hyperv_leaves(max_vps: u32) -> Vec<kvm_cpuid_entry2> {
         leaf(0x4000_0002, 20000, 0x000A_0000, 0, 0),
         leaf(
             0x4000_0003,
-            FEAT_HYPERCALL_MSRS | FEAT_VP_INDEX | FEAT_FREQUENCY_MSRS | FEAT_TSC_INVARIANT,
+            FEAT_SYNIC_MSRS
+                | FEAT_HYPERCALL_MSRS
+                | FEAT_VP_INDEX
+                | FEAT_FREQUENCY_MSRS
+                | FEAT_TSC_INVARIANT,
             PRIV_ACCESS_VSM | PRIV_ACCESS_VP_REGISTERS | PRIV_START_VIRTUAL_PROCESSOR,
             0,
             FEAT_EDX_FREQUENCY_MSRS,

@@ -34,6 +34,33 @@ impl Partition {
             *m.error = 1;
             return Handled::Served;
         };
+        let synic = shared.lock().synic[vtl.0 as usize].read(m.index);
+        if let Some(value) = synic {
+            match m.written {
+                None => {
+                    if let Some(out) = m.read.as_deref_mut() {
+                        *out = value;
+                    }
+                }
+                Some(v) => {
+                    let written = shared.lock().synic[vtl.0 as usize].write(
+                        m.index,
+                        v,
+                        self.gpa_limit(),
+                        &self.memory,
+                    );
+                    match written {
+                        Ok(vectors) => {
+                            for vector in vectors {
+                                self.raise(vtl, &shared, vector);
+                            }
+                        }
+                        Err(crate::synic::Refused) => *m.error = 1,
+                    }
+                }
+            }
+            return Handled::Served;
+        }
         let value = match (m.index, m.written) {
             (hyperv::MSR_GUEST_OS_ID, None) => Some(space.hv().guest_os_id),
             (hyperv::MSR_GUEST_OS_ID, Some(v)) => {

@@ -21,6 +21,7 @@ use crate::config::{Kick, PartitionConfig, PartitionOptions, VmParts};
 use crate::error::{PartitionError, VpError};
 use crate::hyperv;
 use crate::kick::{prepare_signal, VpKicker};
+use crate::memview::{MemoryView, SlotNumbers};
 use crate::overlay::{Overlay, RamSlot};
 use crate::run_state::{pause, RunGate};
 use crate::shared::{VpInner, VpShared};
@@ -258,19 +259,28 @@ impl Partition {
             prepare_signal(signal).map_err(PartitionError::Signal)?;
         }
         let vps = (0..config.max_vps).map(|_| Mutex::new(None)).collect();
-        let overlay = Overlay::new(&hyperv::HYPERCALL_PAGE, ram.clone(), overlay_slots)
-            .map_err(PartitionError::Overlay)?;
+        let overlay = Overlay::new(&hyperv::HYPERCALL_PAGE).map_err(PartitionError::Overlay)?;
         let gpa_limit = gpa_limit_of(&supported_cpuid);
+        let nr_slots = kvm.get_nr_memslots().min(u16::MAX as usize) as u32;
+        let highest = ram.iter().map(|r| r.slot + 1).max().unwrap_or(0);
+        let numbers = match (own_vm, overlay_slots) {
+            // The partition's own VM: its slots are the RAM's, so every
+            // number above them is free; the last one settles the irqchip.
+            (true, _) => SlotNumbers::up(highest, nr_slots - 1),
+            // An adopted VM: the VMM's overlay pair, then from the top down.
+            (false, Some(o)) => {
+                SlotNumbers::given_then_down(&o, nr_slots - 1, highest.max(o[0]).max(o[1]) + 1)
+            }
+            (false, None) => SlotNumbers::up(highest, nr_slots),
+        };
         if own_vm && options.create_irqchip {
-            // The partition's own VM: its slots are the RAM's and the overlay's,
-            // so the one above the overlay's is free.
-            let slot = overlay.slots().into_iter().max().unwrap_or(0) + 1;
-            crate::settle::settle_in_background(vm.clone(), slot, gpa_limit);
+            crate::settle::settle_in_background(vm.clone(), nr_slots - 1, gpa_limit);
         }
+        let view = MemoryView::new(ram.clone(), numbers);
         let boot_vtl = config.hyperv.map_or(Vtl::VTL0, |h| h.boot_vtl);
         let max_vtl = config.hyperv.map_or(Vtl::VTL0, |h| h.max_vtl);
         let vtls: [OnceLock<VtlSpace>; 3] = Default::default();
-        let _ = vtls[boot_vtl.0 as usize].set(VtlSpace::new(vm.clone(), overlay));
+        let _ = vtls[boot_vtl.0 as usize].set(VtlSpace::new(vm.clone(), overlay, view));
         let vsm = VsmShared::new(max_vtl, 1 | (1 << boot_vtl.0));
         Ok(Arc::new(Partition {
             kvm,
@@ -463,17 +473,22 @@ impl Partition {
         for vp in &vps {
             vp.gate.leave_if_current();
         }
-        let mut overlay = space.overlay.lock().unwrap_or_else(|e| e.into_inner());
-        if overlay.at() == to {
+        let mut view = space.view();
+        if view.overlay_at() == to {
             return Ok(());
         }
         let paused = pause(vps.iter().map(|vp| &vp.gate).collect());
-        let r = overlay.place(&space.vm, to);
+        let host = space.overlay.host();
+        let r = view.set_overlay(&*space.vm, to.map(|gpa| (gpa, host)));
         space
             .overlay_at
-            .store(overlay.at().unwrap_or(NO_OVERLAY), Ordering::Release);
+            .store(view.overlay_at().unwrap_or(NO_OVERLAY), Ordering::Release);
         drop(paused);
-        r
+        r.map_err(|e| match e {
+            crate::memview::ViewError::Kvm(e) => e,
+            // ENOSPC: no slot number left.
+            crate::memview::ViewError::TooManySlots { .. } => kvm_ioctls::Error::new(28),
+        })
     }
 
     /// Enables `vtl` for the partition (HvCallEnablePartitionVtl once its
@@ -493,9 +508,28 @@ impl Partition {
         let vm = self.kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         register_ram(&vm, &self.ram)?;
         apply_vm_policies(&self.kvm, &vm, &self.config, &self.options)?;
-        let overlay = Overlay::new(&hyperv::HYPERCALL_PAGE, self.ram.clone(), None)
-            .map_err(PartitionError::Overlay)?;
-        let _ = slot.set(VtlSpace::new(Arc::new(vm), overlay));
+        let overlay = Overlay::new(&hyperv::HYPERCALL_PAGE).map_err(PartitionError::Overlay)?;
+        let highest = self.ram.iter().map(|r| r.slot + 1).max().unwrap_or(0);
+        let nr_slots = self.kvm.get_nr_memslots().min(u16::MAX as usize) as u32;
+        let mut view = MemoryView::new(self.ram.clone(), SlotNumbers::up(highest, nr_slots));
+        // The default masks higher VTLs configured before this VM existed.
+        for by in vtl.0 + 1..=Vtl::MAX_X64.0 {
+            let default = self.vsm.default_access(Vtl(by));
+            if default != crate::memview::Access::Full {
+                let p = crate::memview::Protections {
+                    default,
+                    pages: Default::default(),
+                };
+                view.set_protections(&vm, Vtl(by), p)
+                    .map_err(|e| PartitionError::Memory(e.to_string()))?;
+            }
+        }
+        let restricted = view.restricted();
+        let space = VtlSpace::new(Arc::new(vm), overlay, view);
+        space
+            .restricted
+            .store(restricted, std::sync::atomic::Ordering::Release);
+        let _ = slot.set(space);
         self.vsm.mark_enabled(vtl);
         log::info!("partition {}: VTL {} enabled", self.id.0, vtl.0);
         Ok(())
@@ -682,17 +716,22 @@ impl Partition {
         if self.boot_vtl() == Vtl::VTL0 {
             return Err(HvError::INVALID_VTL_STATE.into());
         }
-        {
-            // One VTL 0 VM, whichever VP's thread gets here first.
-            let _g = self.vtl0_creation.lock().unwrap_or_else(|e| e.into_inner());
-            if self.space(Vtl::VTL0).is_none() {
-                self.create_vtl_space(Vtl::VTL0).map_err(|e| {
-                    log::error!("cannot make VTL 0's VM: {e}");
-                    VpError::Status(HvError::INSUFFICIENT_MEMORY)
-                })?;
-            }
-        }
+        self.ensure_vtl0_space().map_err(|e| {
+            log::error!("cannot make VTL 0's VM: {e}");
+            VpError::Status(HvError::INSUFFICIENT_MEMORY)
+        })?;
         self.create_vtl_vcpu(vp, Vtl::VTL0)
+    }
+
+    /// VTL 0's VM of a partition booted above it, made at its first use
+    /// (a VP's VTL 0 vCPU, a protection of VTL 0's memory).
+    pub(crate) fn ensure_vtl0_space(&self) -> Result<(), PartitionError> {
+        // One VTL 0 VM, whichever thread gets here first.
+        let _g = self.vtl0_creation.lock().unwrap_or_else(|e| e.into_inner());
+        if self.space(Vtl::VTL0).is_none() {
+            self.create_vtl_space(Vtl::VTL0)?;
+        }
+        Ok(())
     }
 
     /// The vCPU of `vp` in `vtl`'s VM: the VP's CPUID, its APIC id, set up as

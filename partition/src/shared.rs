@@ -48,6 +48,11 @@ pub(crate) struct VpInner {
     /// HvRegisterVsmVpSecureConfigVtl`n`: `[higher][n]`, the higher VTL's
     /// configuration of lower VTL `n` on this VP.
     pub secure_config: [[u64; 3]; 3],
+    /// The SynIC of each VTL.
+    pub synic: [crate::synic::Synic; 3],
+    /// A higher VTL to enter before the VP next runs its lower VTL, with
+    /// entry reason Interrupt (a message the host posted to it).
+    pub pending_entry: Option<Vtl>,
 }
 
 impl VpInner {
@@ -61,6 +66,8 @@ impl VpInner {
             vp_assist_page: [0; 3],
             new_vtls: Vec::new(),
             secure_config: [[0; 3]; 3],
+            synic: Default::default(),
+            pending_entry: None,
         }
     }
 }

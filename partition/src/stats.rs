@@ -27,6 +27,7 @@ pub struct Stats {
     exits: Mutex<BTreeMap<&'static str, Counter>>,
     hypercalls: Mutex<BTreeMap<u16, Counter>>,
     switches: Mutex<VtlSwitchStats>,
+    intercepts: std::sync::atomic::AtomicU64,
 }
 
 /// Where the time of the VP's VTL switches (HvCallVtlCall, HvCallVtlReturn)
@@ -70,6 +71,17 @@ impl Stats {
         s.completion.time += completion;
         s.copy.count += 1;
         s.copy.time += copy;
+    }
+
+    pub(crate) fn intercept(&self) {
+        self.intercepts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many memory intercepts (accesses a higher VTL's protection
+    /// refused) were delivered to a higher VTL.
+    pub fn intercepts(&self) -> u64 {
+        self.intercepts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The VTL switches so far and where their time went.

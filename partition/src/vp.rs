@@ -18,6 +18,8 @@ use kvm_ioctls::{SyncReg, VcpuFd};
 use vp_state::Activity;
 
 use crate::error::VpError;
+use crate::intercept::Violation;
+use crate::memview::AccessKind;
 use crate::partition::Partition;
 use crate::shared::VpShared;
 
@@ -39,6 +41,11 @@ enum Next {
     OverlayWrite(u64),
     /// A guest write to an MTRR (index, value), which every VTL shares.
     MtrrWrite(u32, u64),
+    /// An access a higher VTL's protection refuses, and that VTL.
+    Intercept(crate::intercept::Violation, Vtl),
+    /// An emulation failure while some of the VTL's memory is protected:
+    /// perhaps an instruction fetch from a page without access.
+    CheckFetch,
     /// Served; run again.
     Continue,
 }
@@ -538,6 +545,19 @@ impl Vp {
             let regs = self.regs();
             hv_regs::set_registers(&regs, &pick(&shared)).map_err(|(i, e)| (shared[i], e))?;
         }
+        if values
+            .iter()
+            .any(|&(n, _)| n == HvRegisterName::VSM_PARTITION_CONFIG)
+        {
+            // A new DefaultVtlProtectionMask reaches the lower VTLs' memory.
+            let e = |s| {
+                (
+                    upto.saturating_sub(1),
+                    AccessError::Backend(VpError::Status(s)),
+                )
+            };
+            self.partition.apply_default_protection(vtl).map_err(e)?;
+        }
         match refused {
             Some(r) => Err(r),
             None => Ok(()),
@@ -591,11 +611,36 @@ impl Vp {
                 let mut exit = decode(result);
                 this.partition.stats.record_exit(&exit, elapsed);
                 let hyperv = this.partition.config.hyperv.is_some();
+                let refused = if let VpExit::MemoryAccess { gpa, access } = &exit {
+                    let (kind, data) = match access {
+                        Access::Write(d) => (AccessKind::Write, &d[..]),
+                        Access::Read(_) => (AccessKind::Read, &[][..]),
+                    };
+                    this.partition.refused_by(this.vtl, *gpa, kind).map(|by| {
+                        let mut v = Violation {
+                            gpa: *gpa,
+                            kind,
+                            data: [0; 8],
+                            len: data.len().min(8),
+                        };
+                        v.data[..v.len].copy_from_slice(&data[..v.len]);
+                        (v, by)
+                    })
+                } else {
+                    None
+                };
                 let mut msr_served = false;
                 if let VpExit::MsrAccess(m) = &mut exit {
                     msr_served = this.partition.handle_msr(this.shared.index, m) == Handled::Served;
                 }
                 match &mut exit {
+                    _ if refused.is_some() => {
+                        let (v, by) = refused.unwrap_or_else(|| unreachable!());
+                        Next::Intercept(v, by)
+                    }
+                    VpExit::InternalError if this.partition.restricted(this.vtl) => {
+                        Next::CheckFetch
+                    }
                     // Any write to the trap port: the hypercall page's own is 4
                     // bytes in 32- and 64-bit code, 2 bytes in real mode.
                     VpExit::IoPortAccess {
@@ -670,9 +715,41 @@ impl Vp {
                         this.refuse_msr_exit();
                     }
                 }
+                Next::Intercept(v, by) => this.intercept(v, by),
+                Next::CheckFetch => match this.refused_fetch() {
+                    Some((v, by)) => this.intercept(v, by),
+                    None => return VpExit::InternalError,
+                },
                 Next::Continue => {}
             }
         }
+    }
+
+    /// After an emulation failure: the fetch of the instruction at RIP, if
+    /// it is from a page a higher VTL gave no access.
+    fn refused_fetch(&mut self) -> Option<(Violation, Vtl)> {
+        let sregs = self.vcpu.sync_regs().sregs;
+        let rip = self.vcpu.sync_regs().regs.rip;
+        let linear = crate::rewind::linear_ip(&sregs, rip);
+        let gpa = if sregs.cr0 & CR0_PG != 0 {
+            let t = self.vcpu.translate_gva(linear).ok()?;
+            if t.valid == 0 {
+                return None;
+            }
+            t.physical_address
+        } else {
+            linear
+        };
+        let by = self
+            .partition
+            .refused_by(self.vtl, gpa, AccessKind::Execute)?;
+        let v = Violation {
+            gpa,
+            kind: AccessKind::Execute,
+            data: [0; 8],
+            len: 0,
+        };
+        Some((v, by))
     }
 
     /// For a VMM that runs the vCPU in its own loop: call before each `KVM_RUN`
@@ -777,6 +854,23 @@ impl Vp {
                 let new = std::mem::take(&mut g.new_vtls);
                 drop(g);
                 self.take_vtl_vcpus(new);
+                continue;
+            }
+            if let Some(target) = g.pending_entry.take() {
+                drop(g);
+                if target > self.vtl && self.parked[target.0 as usize].is_some() {
+                    // A message for a higher VTL preempts the running one,
+                    // whatever its RFLAGS.IF (TLFS "Virtual Interrupts").
+                    if let Err(e) =
+                        self.switch_to(crate::vsm::Switch::Interrupt, target, false, true)
+                    {
+                        log::error!(
+                            "VP {}: entry of VTL {} failed: {e}",
+                            self.index().0,
+                            target.0
+                        );
+                    }
+                }
                 continue;
             }
             if let Some((vtl, ctx)) = g.pending_start.take() {

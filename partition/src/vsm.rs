@@ -77,11 +77,30 @@ fn drop_latched_init(v: &kvm_ioctls::VcpuFd, vp: u32, vtl: Vtl) -> Result<(), Vp
     Ok(())
 }
 
-/// HvCallVtlCall or HvCallVtlReturn.
+/// HvCallVtlCall or HvCallVtlReturn, or an entry of a higher VTL the VP did
+/// not ask for (TLFS "VTL Entry and Exit": entry reasons).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Switch {
     Call,
     Return,
+    /// An interrupt (a SynIC message, an intercept on SINT0) for the higher
+    /// VTL: entry reason 2.
+    Interrupt,
+    /// An intercept in the higher VTL's intercept page: entry reason 3.
+    Intercept,
+}
+
+impl Switch {
+    /// The entry reason the target VTL reads in its VP assist page, if it
+    /// is entered from below.
+    fn entry_reason(self) -> Option<VtlEntryReason> {
+        match self {
+            Switch::Call => Some(VtlEntryReason::VtlCall),
+            Switch::Interrupt => Some(VtlEntryReason::Interrupt),
+            Switch::Intercept => Some(VtlEntryReason::Intercept),
+            Switch::Return => None,
+        }
+    }
 }
 
 const EINTR: i32 = 4;
@@ -171,7 +190,9 @@ impl Vp {
             (g.state, std::mem::take(&mut g.new_vtls))
         };
         let (target, reserved) = match kind {
-            Switch::Call => (state.vtl_call_target(), control),
+            Switch::Call | Switch::Interrupt | Switch::Intercept => {
+                (state.vtl_call_target(), control)
+            }
             Switch::Return => (state.vtl_return_target(), control & !VTL_RETURN_FAST),
         };
         self.take_vtl_vcpus(new);
@@ -190,7 +211,7 @@ impl Vp {
             self.inject_exception(VECTOR_UD, None);
             return;
         };
-        if let Err(e) = self.switch_to(kind, target, control & VTL_RETURN_FAST != 0) {
+        if let Err(e) = self.switch_to(kind, target, control & VTL_RETURN_FAST != 0, true) {
             log::error!(
                 "VP {}: VTL {kind:?} to VTL {} failed: {e}",
                 self.index().0,
@@ -199,14 +220,24 @@ impl Vp {
         }
     }
 
-    fn switch_to(&mut self, kind: Switch, target: Vtl, fast: bool) -> Result<(), VpError> {
+    /// Switches the VP to `target`. With `complete`, the exit in flight is
+    /// completed first (a VTL call's or return's trapping OUT: RIP moves past
+    /// it, to the stub's RET, without a further instruction run; KVM stores
+    /// the registers in `kvm_run` as that KVM_RUN returns); without, the
+    /// caller did that and left the registers to copy in `kvm_run`.
+    pub(crate) fn switch_to(
+        &mut self,
+        kind: Switch,
+        target: Vtl,
+        fast: bool,
+        complete: bool,
+    ) -> Result<(), VpError> {
         let from = self.vtl;
         let kvm = VpError::kvm;
         let start = Instant::now();
-        // The trapping OUT is completed on the caller's vCPU (RIP moves past
-        // it, to the stub's RET) without running a further instruction; KVM
-        // stores the registers in `kvm_run` as that KVM_RUN returns.
-        self.complete_pending_exit()?;
+        if complete {
+            self.complete_pending_exit()?;
+        }
         let completed = Instant::now();
         let cur = self.vcpu_mut();
         let (regs, cr2) = match synced_copy(cur) {
@@ -233,12 +264,12 @@ impl Vp {
         if kind == Switch::Return {
             self.shared().lock().release_tlb_locks(from);
         }
-        if kind == Switch::Call {
+        if let Some(reason) = kind.entry_reason() {
             if let Some(page) = self.assist_page(target) {
-                let _ = self.partition().memory().write_obj(
-                    VtlEntryReason::VtlCall as u32,
-                    GuestAddress(page + assist::ENTRY_REASON),
-                );
+                let _ = self
+                    .partition()
+                    .memory()
+                    .write_obj(reason as u32, GuestAddress(page + assist::ENTRY_REASON));
             }
         }
         self.swap_in(target, next, Some(shared), armed.then_some(sregs_armed));
@@ -345,7 +376,7 @@ impl Vp {
     }
 
     /// The GPA of `vtl`'s VP assist page, if enabled.
-    fn assist_page(&self, vtl: Vtl) -> Option<u64> {
+    pub(crate) fn assist_page(&self, vtl: Vtl) -> Option<u64> {
         let v = self.shared().lock().vp_assist_page[vtl.0 as usize];
         (v & 1 != 0).then_some(v & !0xFFF)
     }
@@ -354,7 +385,7 @@ impl Vp {
     /// in flight (an OUT's RIP moves past it) and returns at once with
     /// `EINTR`, no guest instruction run. Under the VP lock, so no kick's
     /// `immediate_exit` is lost.
-    fn complete_pending_exit(&mut self) -> Result<(), VpError> {
+    pub(crate) fn complete_pending_exit(&mut self) -> Result<(), VpError> {
         let shared = self.shared().clone();
         let vcpu = self.vcpu_mut();
         let g = shared.lock();

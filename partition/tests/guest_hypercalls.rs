@@ -545,7 +545,7 @@ fn cpuid_masks_hide_features() {
     let (tx, rx) = channel();
     run_reporting(v0, tx);
     let got: Vec<(u16, u32)> = rx.iter().map(|r| (r.port, r.value)).collect();
-    assert_eq!(&got[..2], &[(0x33, 0x8060), (0x34, 0)]);
+    assert_eq!(&got[..2], &[(0x33, 0x8064), (0x34, 0)]);
 }
 
 #[test]
@@ -621,7 +621,7 @@ fn cpuid_leaves_and_synthetic_msrs_seen_by_the_guest() {
     assert_eq!(get(0x30), 0x4000_0005);
     assert_eq!(get(0x31), 0x7263_694D);
     assert_eq!(get(0x32), 0x3123_7648);
-    assert_eq!(get(0x33), 0x8860);
+    assert_eq!(get(0x33), 0x8864);
     assert_eq!(get(0x34), 0x100);
     assert_eq!(get(0x35), 3);
     assert_eq!(get(0x36) >> 24, 0);

@@ -439,7 +439,7 @@ fn setup_guest(p: &Partition) {
         set(0, CONFIG, 0),
         // The default mask changed once protections are enabled.
         set(0, CONFIG, 0x1 | (0x3 << 1)),
-        // A reserved bit.
+        // A reserved bit (bit 7: InterceptAcceptance, not offered).
         set(0, CONFIG, 0x1F | (1 << 7)),
         // DenyLowerVtlStartup: not offered (VsmCapabilities bit 17 clear).
         set(0, CONFIG, 0x1F | (1 << 6)),
@@ -479,8 +479,9 @@ fn vtl1_is_entered_by_vtl_call_and_keeps_its_own_state() {
         read_u64(&p, DATA + 0x1010),
         VsmPartitionStatus::new(1, Vtl::VTL2).0
     );
-    // VsmCapabilities: no Dr6Shared, no MBEC VTLs.
-    assert_eq!(read_u64(&p, DATA + 0x1020), 0);
+    // VsmCapabilities: no Dr6Shared, no MBEC VTLs; the intercept page
+    // (bit 27, hvdef/Linux numbering).
+    assert_eq!(read_u64(&p, DATA + 0x1020), 1 << 27);
     // VsmCodePageOffsets: inside the page, the call's before the return's.
     let o = VsmCodePageOffsets(read_u64(&p, DATA + 0x1030));
     assert_eq!((o.vtl_call(), o.vtl_return()), (0x10, 0x20));
