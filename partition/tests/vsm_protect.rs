@@ -1,0 +1,531 @@
+//! VTL memory protections and intercepts on the real `/dev/kvm` (TLFS
+//! "Virtual Secure Mode": "Memory Access Protections", "Secure Intercepts",
+//! "VTL Entry and Exit"; HvCallModifyVtlProtectionMask; "SynIC Messages";
+//! HV_X64_MEMORY_INTERCEPT_MESSAGE as Linux `hvhdk.h` lays it out).
+//!
+//! A guest of this test's own enables VTL 1, which turns on
+//! EnableVtlProtection and its SynIC, checks the call's refusals, then makes
+//! pages of VTL 0 inaccessible or read-only. VTL 0 reads, writes, executes,
+//! `rep movsb`s from and `rep stosb`s into them; each access enters VTL 1
+//! with a GpaIntercept message in its SIMP's SINT0 slot (entry reason 2), or,
+//! once it set InterceptPage, in its VP assist page (entry reason 3). VTL 1
+//! reports the message, checks that nothing was written, lifts the
+//! protection and returns; the access is retried and succeeds.
+
+mod common;
+
+use common::*;
+use hv_defs::{EnableVpVtlInput, HvError, HvStatus, InitialVpContext, PartitionId, VpIndex, Vtl};
+use hv_partition::Partition;
+use zerocopy::IntoBytes;
+
+const VTL1_CODE: u64 = 0x30000;
+const VTL1_STACK: u64 = 0x2F000;
+const VTL1_GDT: u64 = 0x8800;
+const VTL1_PML4: u64 = 0x9800;
+const VTL1_HYPERCALL: u64 = 0x6000;
+const VTL1_ASSIST: u64 = 0x50000;
+const VTL1_SIMP: u64 = 0x51000;
+/// ModifyVtlProtectionMask inputs, 0x40 apart.
+const PROT: u64 = DATA + 0x2000;
+/// SetVpRegisters inputs (VsmPartitionConfig), 0x40 apart.
+const CFG: u64 = DATA + 0x3000;
+/// The rep movsb destination.
+const DST: u64 = DATA + 0x4000;
+/// VTL 0 pages VTL 1 protects: read/written, executed, copied from,
+/// stored into, a hypercall input page, and one for the partial call.
+const P: u64 = 0x60000;
+const X: u64 = 0x61000;
+const Q: u64 = 0x62000;
+const W: u64 = 0x63000;
+const H: u64 = 0x64000;
+const P3: u64 = 0x65000;
+/// A GPA inside the GPA space that is not RAM (RAM is 4 MiB).
+const NOT_RAM: u64 = 0x1000_0000;
+
+std::arch::global_asm!(
+    r#"
+    .pushsection .rodata.hvkvm_vsmp_guest, "a"
+    .macro hvcall page, control, input, output, port
+    mov rcx, \control
+    mov edx, \input
+    mov r8d, \output
+    mov eax, \page
+    call rax
+    out \port, eax
+    .endm
+    // VTL 1 entered: VTL 0's RAX and RCX kept for the non-fast return,
+    // VTL 0's RCX, RSI and RDI reported, the other registers VTL 1 uses
+    // saved (the VTLs share them).
+    .macro enter_vtl1
+    mov qword ptr [{assist} + 16], rax
+    mov qword ptr [{assist} + 24], rcx
+    mov eax, ecx
+    out 0x7A, eax
+    mov eax, esi
+    out 0x7B, eax
+    mov eax, edi
+    out 0x7D, eax
+    push rbx
+    push rsi
+    push rdi
+    push rdx
+    push r8
+    .endm
+    .macro leave_vtl1
+    pop r8
+    pop rdx
+    pop rdi
+    pop rsi
+    pop rbx
+    xor ecx, ecx
+    mov eax, {hc1} + 0x20
+    call rax
+    .endm
+    // The SINT0 slot: reported, freed, EOM.
+    .macro take_message
+    mov ebx, {simp}
+    call 8f
+    mov dword ptr [{simp}], 0
+    mov ecx, 0x40000084
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    .endm
+
+    .globl hvkvm_vsmp_vtl0_start
+hvkvm_vsmp_vtl0_start:
+    .code64
+    mov ecx, 0x40000000
+    mov eax, 1
+    mov edx, 0x81000000
+    wrmsr
+    mov ecx, 0x40000001
+    mov eax, {hc0} + 1
+    xor edx, edx
+    wrmsr
+    // EnablePartitionVtl(1) (fast), EnableVpVtl(self, 1).
+    mov ecx, 0x1000D
+    mov rdx, -1
+    mov r8d, 1
+    mov eax, {hc0}
+    call rax
+    out 0x30, eax
+    hvcall {hc0}, 0x0F, {data} + 0x100, 0, 0x31
+    // VTL 1 sets up and protects P and X.
+    xor ecx, ecx
+    mov eax, {hc0} + 0x10
+    call rax
+    mov ebx, 0xC0FFEE
+    .globl hvkvm_vsmp_read_p
+hvkvm_vsmp_read_p:
+    mov rax, qword ptr [{p}]
+    .globl hvkvm_vsmp_write_p
+hvkvm_vsmp_write_p:
+    out 0x40, eax
+    mov dword ptr [{p}], ebx
+    mov eax, dword ptr [{p}]
+    out 0x41, eax
+    mov eax, {x}
+    call rax
+    mov rsi, {q}
+    mov rdi, {dst}
+    mov ecx, 16
+    .globl hvkvm_vsmp_movs
+hvkvm_vsmp_movs:
+    rep movsb
+    mov eax, dword ptr [{dst}]
+    out 0x43, eax
+    mov rdi, {w} + 0x100
+    mov ecx, 8
+    mov al, 0x77
+    .globl hvkvm_vsmp_stos
+hvkvm_vsmp_stos:
+    rep stosb
+    mov eax, dword ptr [{w} + 0x100]
+    out 0x44, eax
+    mov eax, ecx
+    out 0x45, eax
+    // VTL 0 protecting (its own VTL: "a VTL can only place protections on
+    // a lower VTL").
+    hvcall {hc0}, 0x10000000C, {prot} + 0x240, 0, 0x46
+    // A hypercall whose input page VTL 1 made inaccessible.
+    hvcall {hc0}, 0x0000000100000050, {h}, {data} + 0x1000, 0x47
+    // VTL 1 switches to the intercept page and protects P again.
+    xor ecx, ecx
+    mov eax, {hc0} + 0x10
+    call rax
+    .globl hvkvm_vsmp_read_p2
+hvkvm_vsmp_read_p2:
+    mov rax, qword ptr [{p}]
+    out 0x48, eax
+    out 0x1F, eax
+2:  jmp 2b
+    .globl hvkvm_vsmp_vtl0_end
+hvkvm_vsmp_vtl0_end:
+
+    .globl hvkvm_vsmp_vtl1_start
+hvkvm_vsmp_vtl1_start:
+    mov ecx, 0x40000000
+    mov eax, 1
+    mov edx, 0x81000000
+    wrmsr
+    mov ecx, 0x40000001
+    mov eax, {hc1} + 1
+    xor edx, edx
+    wrmsr
+    mov ecx, 0x40000073
+    mov eax, {assist} + 1
+    wrmsr
+    // The SynIC: SIMP, then SCONTROL (SINT0 stays masked: polled).
+    mov ecx, 0x40000083
+    mov eax, {simp} + 1
+    wrmsr
+    mov ecx, 0x40000080
+    mov eax, 1
+    wrmsr
+    // Before EnableVtlProtection.
+    hvcall {hc1}, 0x10000000C, {prot} + 0x000, 0, 0x60
+    hvcall {hc1}, 0x0000000100000051, {cfg} + 0x000, 0, 0x61
+    // Read-only without execute: no memslot gives it.
+    hvcall {hc1}, 0x10000000C, {prot} + 0x040, 0, 0x62
+    // VTL 1's own memory.
+    hvcall {hc1}, 0x10000000C, {prot} + 0x080, 0, 0x63
+    // [P3, not RAM, P3]: one page done.
+    hvcall {hc1}, 0x30000000C, {prot} + 0x0C0, 0, 0x64
+    shr rax, 32
+    out 0x65, eax
+    // No access to P and X; P3 back to full access.
+    hvcall {hc1}, 0x20000000C, {prot} + 0x100, 0, 0x66
+    hvcall {hc1}, 0x10000000C, {prot} + 0x140, 0, 0x67
+    xor ecx, ecx
+    mov eax, {hc1} + 0x20
+    call rax
+    // 1: VTL 0 read P. P becomes read+execute.
+    enter_vtl1
+    take_message
+    hvcall {hc1}, 0x10000000C, {prot} + 0x180, 0, 0x68
+    leave_vtl1
+    // 2: VTL 0 wrote P. P unchanged; P full access, Q none.
+    enter_vtl1
+    take_message
+    mov eax, dword ptr [{p}]
+    out 0x7C, eax
+    hvcall {hc1}, 0x10000000C, {prot} + 0x1C0, 0, 0x69
+    hvcall {hc1}, 0x10000000C, {prot} + 0x200, 0, 0x6A
+    leave_vtl1
+    // 3: VTL 0 executed X. X full access.
+    enter_vtl1
+    take_message
+    hvcall {hc1}, 0x10000000C, {prot} + 0x280, 0, 0x6B
+    leave_vtl1
+    // 4: VTL 0 copied from Q. Q full access, W read+execute.
+    enter_vtl1
+    take_message
+    hvcall {hc1}, 0x10000000C, {prot} + 0x2C0, 0, 0x6C
+    hvcall {hc1}, 0x10000000C, {prot} + 0x300, 0, 0x6D
+    leave_vtl1
+    // 5: VTL 0 stored into W. W unchanged; W full access, H none.
+    enter_vtl1
+    take_message
+    mov eax, dword ptr [{w} + 0x100]
+    out 0x7C, eax
+    hvcall {hc1}, 0x10000000C, {prot} + 0x340, 0, 0x6E
+    hvcall {hc1}, 0x10000000C, {prot} + 0x380, 0, 0x6F
+    leave_vtl1
+    // 6: a VTL call. InterceptPage on, P none.
+    enter_vtl1
+    mov eax, dword ptr [{assist} + 8]
+    out 0x7E, eax
+    hvcall {hc1}, 0x0000000100000051, {cfg} + 0x040, 0, 0x58
+    hvcall {hc1}, 0x10000000C, {prot} + 0x3C0, 0, 0x59
+    leave_vtl1
+    // 7: VTL 0 read P; the message is in the assist page. P full access.
+    enter_vtl1
+    mov ebx, {assist} + 112
+    call 8f
+    hvcall {hc1}, 0x10000000C, {prot} + 0x1C0, 0, 0x5A
+    leave_vtl1
+3:  jmp 3b
+    // The message at RBX, and the entry reason.
+8:  mov eax, dword ptr [rbx]
+    out 0x70, eax
+    mov eax, dword ptr [rbx + 16]
+    out 0x71, eax
+    movzx eax, byte ptr [rbx + 20]
+    out 0x72, eax
+    movzx eax, byte ptr [rbx + 21]
+    out 0x73, eax
+    movzx eax, word ptr [rbx + 22]
+    out 0x74, eax
+    mov eax, dword ptr [rbx + 40]
+    out 0x75, eax
+    movzx eax, byte ptr [rbx + 60]
+    out 0x76, eax
+    mov eax, dword ptr [rbx + 72]
+    out 0x77, eax
+    mov eax, dword ptr [rbx + 80]
+    out 0x78, eax
+    mov eax, dword ptr [{assist} + 8]
+    out 0x79, eax
+    mov eax, dword ptr [rbx + 4]
+    out 0x7F, eax
+    ret
+    .globl hvkvm_vsmp_vtl1_end
+hvkvm_vsmp_vtl1_end:
+    .popsection
+"#,
+    hc0 = const HYPERCALL_PAGE,
+    hc1 = const VTL1_HYPERCALL,
+    data = const DATA,
+    assist = const VTL1_ASSIST,
+    simp = const VTL1_SIMP,
+    prot = const PROT,
+    cfg = const CFG,
+    dst = const DST,
+    p = const P,
+    x = const X,
+    q = const Q,
+    w = const W,
+    h = const H,
+);
+
+extern "C" {
+    static hvkvm_vsmp_vtl0_start: u8;
+    static hvkvm_vsmp_vtl0_end: u8;
+    static hvkvm_vsmp_read_p: u8;
+    static hvkvm_vsmp_write_p: u8;
+    static hvkvm_vsmp_movs: u8;
+    static hvkvm_vsmp_stos: u8;
+    static hvkvm_vsmp_read_p2: u8;
+    static hvkvm_vsmp_vtl1_start: u8;
+    static hvkvm_vsmp_vtl1_end: u8;
+}
+
+/// HvCallModifyVtlProtectionMask's input: partition, flags, target VTL
+/// (HV_INPUT_VTL), the pages.
+fn prot(flags: u32, target: u8, gpas: &[u64]) -> Vec<u8> {
+    let mut b = PartitionId::SELF.0.to_le_bytes().to_vec();
+    b.extend(flags.to_le_bytes());
+    b.extend([target, 0, 0, 0]);
+    for g in gpas {
+        b.extend((g >> 12).to_le_bytes());
+    }
+    b
+}
+
+/// Where the guest's labelled instructions are, as offsets into VTL 0's code.
+struct Labels {
+    read_p: u64,
+    write_p: u64,
+    movs: u64,
+    stos: u64,
+    read_p2: u64,
+}
+
+fn setup_guest(p: &Partition) -> (Labels, Vec<u8>) {
+    // SAFETY: the statics are symbols the global_asm! above defines (read
+    // only by address here); `blob` reads the bytes between them.
+    let (vtl0, vtl1, labels) = unsafe {
+        let start = &hvkvm_vsmp_vtl0_start as *const u8 as u64;
+        let at = |s: &u8| s as *const u8 as u64 - start;
+        (
+            blob(&hvkvm_vsmp_vtl0_start, &hvkvm_vsmp_vtl0_end),
+            blob(&hvkvm_vsmp_vtl1_start, &hvkvm_vsmp_vtl1_end),
+            Labels {
+                read_p: at(&hvkvm_vsmp_read_p),
+                write_p: at(&hvkvm_vsmp_write_p),
+                movs: at(&hvkvm_vsmp_movs),
+                stos: at(&hvkvm_vsmp_stos),
+                read_p2: at(&hvkvm_vsmp_read_p2),
+            },
+        )
+    };
+    put(p, CODE, vtl0);
+    put(p, VTL1_CODE, vtl1);
+    let mut gdt = [0u8; 32];
+    vm_memory::Bytes::read_slice(p.memory(), &mut gdt, vm_memory::GuestAddress(GDT)).unwrap();
+    put(p, VTL1_GDT, &gdt);
+    put(p, VTL1_PML4, &(PDPT | 3).to_le_bytes());
+    let ctx = InitialVpContext::long_mode(VTL1_CODE, VTL1_STACK, VTL1_PML4)
+        .with_gdt(VTL1_GDT, 0x1F)
+        .with_tss(TSS);
+    let enable = EnableVpVtlInput {
+        partition_id: PartitionId::SELF,
+        vp_index: VpIndex::SELF,
+        target_vtl: Vtl::VTL1,
+        rsvdz: [0; 3],
+        vp_vtl_context: ctx,
+    };
+    put(p, DATA + 0x100, enable.as_bytes());
+    // HV_INPUT_VTL 0x10: VTL 0 (use-target); 0x11: VTL 1.
+    const VTL0: u8 = 0x10;
+    const NONE: u32 = 0;
+    const RX: u32 = 0b1101;
+    const RWX: u32 = 0b1111;
+    let inputs: [(u64, Vec<u8>); 16] = [
+        (0x000, prot(NONE, VTL0, &[P])),
+        (0x040, prot(0b0001, VTL0, &[P])),
+        (0x080, prot(NONE, 0x11, &[P])),
+        (0x0C0, prot(NONE, VTL0, &[P3, NOT_RAM, P3])),
+        (0x100, prot(NONE, VTL0, &[P, X])),
+        (0x140, prot(RWX, VTL0, &[P3])),
+        (0x180, prot(RX, VTL0, &[P])),
+        (0x1C0, prot(RWX, VTL0, &[P])),
+        (0x200, prot(NONE, VTL0, &[Q])),
+        (0x240, prot(NONE, 0, &[P])),
+        (0x280, prot(RWX, VTL0, &[X])),
+        (0x2C0, prot(RWX, VTL0, &[Q])),
+        (0x300, prot(RX, VTL0, &[W])),
+        (0x340, prot(RWX, VTL0, &[W])),
+        (0x380, prot(NONE, VTL0, &[H])),
+        (0x3C0, prot(NONE, VTL0, &[P])),
+    ];
+    for (off, b) in &inputs {
+        assert!(b.len() <= 0x40);
+        put(p, PROT + off, b);
+    }
+    const CONFIG: u32 = 0x000D_0007;
+    let set = |v: u64| set_registers_input(0, &[(hv_regs::HvRegisterName(CONFIG), v.into())]);
+    put(p, CFG, &set(0x1F));
+    put(p, CFG + 0x40, &set(0x1F | (1 << 12)));
+    put(p, H, &registers_input(0, &[0x000D_0003]));
+    put(p, P, &0x1122_3344_5566_7788u64.to_le_bytes());
+    put(p, Q, &(1..=16u8).collect::<Vec<_>>());
+    // X: mov eax, 0x5151; out 0x42, eax; ret
+    put(p, X, &[0xB8, 0x51, 0x51, 0, 0, 0xE7, 0x42, 0xC3]);
+    (labels, vtl0.to_vec())
+}
+
+/// TLFS "Memory Access Protections" and HvCallModifyVtlProtectionMask, the
+/// intercept message (HV_X64_MEMORY_INTERCEPT_MESSAGE on SINT0, entry
+/// reason 2; in the intercept page, entry reason 3), and the retried access.
+#[test]
+fn protections_intercept_lower_vtl_accesses_and_lifting_retries_them() {
+    let p = vsm_partition(1, Vtl::VTL0, Vtl::VTL1);
+    let (l, code) = setup_guest(&p);
+    let got = run_bsp_reports(&p, &bsp_registers(CODE, stack(0)));
+    let port = |n: u16| writes_to(&got, n);
+    let one = |n: u16| only(&got, n);
+    let status = |n: u16| HvStatus(one(n) as u16);
+    assert_eq!(status(0x30), HvStatus::SUCCESS, "{got:x?}");
+    assert_eq!(status(0x31), HvStatus::SUCCESS);
+    // Before VTL 1 set EnableVtlProtection: ACCESS_DENIED (`choices`).
+    assert_eq!(status(0x60), HvError::ACCESS_DENIED.status());
+    assert_eq!(status(0x61), HvStatus::SUCCESS);
+    // R without X: INVALID_PARAMETER (`choices`: what a memslot enforces).
+    assert_eq!(status(0x62), HvError::INVALID_PARAMETER.status());
+    // "A VTL can only place protections on a lower VTL."
+    assert_eq!(status(0x63), HvError::ACCESS_DENIED.status());
+    // "Any attempt to apply VTL protections on non-RAM ranges will fail
+    // with HV_STATUS_INVALID_PARAMETER", after the pages before it.
+    assert_eq!(status(0x64), HvError::INVALID_PARAMETER.status());
+    assert_eq!(one(0x65) & 0xFFF, 1, "reps completed");
+    for n in [
+        0x66, 0x67, 0x68, 0x69, 0x6A, 0x6B, 0x6C, 0x6D, 0x6E, 0x6F, 0x58, 0x59, 0x5A,
+    ] {
+        assert_eq!(status(n), HvStatus::SUCCESS, "port {n:#x}");
+    }
+    // VTL 0 saw its accesses retried and done.
+    assert_eq!(one(0x40), 0x5566_7788);
+    assert_eq!(one(0x41), 0xC0FFEE);
+    assert_eq!(one(0x42), 0x5151, "the code at X ran once X was executable");
+    assert_eq!(one(0x43), 0x0403_0201);
+    assert_eq!(one(0x44), 0x7777_7777);
+    assert_eq!(one(0x45), 0, "rep stosb ran all its iterations");
+    assert_eq!(one(0x48), 0xC0FFEE);
+    // VTL 0 protecting its own memory; a hypercall input page it cannot read.
+    assert_eq!(status(0x46), HvError::ACCESS_DENIED.status());
+    assert_eq!(status(0x47), HvError::ACCESS_DENIED.status());
+    // Nothing was written by the refused writes.
+    assert_eq!(port(0x7C), [0x5566_7788, 0]);
+    // The messages, in order: read P, write P, execute X, rep movsb from Q,
+    // rep stosb into W, read P (intercept page).
+    let rip = |off: u64| (CODE + off) as u32;
+    let bytes =
+        |off: u64| u32::from_le_bytes(code[off as usize..off as usize + 4].try_into().unwrap());
+    let len = |a: u64, b: u64| (b - a) as u32;
+    assert_eq!(port(0x70), [0x8000_0001; 6], "HvMessageTypeGpaIntercept");
+    assert_eq!(port(0x7F), [0x50; 6], "payload size");
+    assert_eq!(port(0x71), [0; 6], "VP index");
+    let lengths: Vec<u32> = port(0x72).iter().map(|v| v & 0xF).collect();
+    assert_eq!(
+        lengths,
+        [
+            len(l.read_p, l.write_p),
+            7,
+            0,
+            2,
+            2,
+            len(l.read_p2, l.read_p2 + 8)
+        ],
+        "instruction lengths"
+    );
+    assert_eq!(
+        port(0x73),
+        [0, 1, 2, 0, 1, 0],
+        "access types: read, write, execute"
+    );
+    for s in port(0x74) {
+        // CPL 0, CR0.PE, EFER.LMA, VTL 0 (AM as the guest has it).
+        assert_eq!(s & !0x8, 0x14, "execution state {s:#x}");
+    }
+    assert_eq!(
+        port(0x75),
+        [
+            rip(l.read_p),
+            rip(l.write_p) + 2,
+            X as u32,
+            rip(l.movs),
+            rip(l.stos),
+            rip(l.read_p2)
+        ],
+        "RIP of the faulting instruction"
+    );
+    assert_eq!(
+        port(0x76),
+        [16, 16, 0, 16, 16, 16],
+        "instruction byte counts"
+    );
+    assert_eq!(
+        port(0x77),
+        [
+            P as u32,
+            P as u32,
+            X as u32,
+            Q as u32,
+            W as u32 + 0x100,
+            P as u32
+        ],
+        "GPAs"
+    );
+    assert_eq!(
+        port(0x78),
+        [
+            bytes(l.read_p),
+            bytes(l.write_p + 2),
+            0,
+            bytes(l.movs),
+            bytes(l.stos),
+            bytes(l.read_p2)
+        ],
+        "instruction bytes"
+    );
+    assert_eq!(port(0x79), [2, 2, 2, 2, 2, 3], "entry reasons");
+    assert_eq!(port(0x7E), [1], "the VTL call's entry reason");
+    // The registers at the intercepts: the string instructions not retired.
+    let rcx = port(0x7A);
+    let (rsi, rdi) = (port(0x7B), port(0x7D));
+    assert_eq!(rcx.len(), 7, "seven entries of VTL 1 after its first");
+    assert_eq!(
+        (rcx[3], rsi[3]),
+        (16, Q as u32),
+        "rep movsb: RCX, RSI as before it"
+    );
+    assert_eq!(
+        (rcx[4], rdi[4]),
+        (8, W as u32 + 0x100),
+        "rep stosb: RCX, RDI as before it"
+    );
+    assert_eq!(p.stats().intercepts(), 6);
+}
