@@ -529,3 +529,178 @@ fn protections_intercept_lower_vtl_accesses_and_lifting_retries_them() {
     );
     assert_eq!(p.stats().intercepts(), 6);
 }
+
+const VTL0_SIMP: u64 = 0x52000;
+
+std::arch::global_asm!(
+    r#"
+    .pushsection .rodata.hvkvm_vsmi_guest, "a"
+    .globl hvkvm_vsmi_vtl0_start
+hvkvm_vsmi_vtl0_start:
+    .code64
+    mov ecx, 0x40000000
+    mov eax, 1
+    mov edx, 0x81000000
+    wrmsr
+    mov ecx, 0x40000001
+    mov eax, {hc0} + 1
+    xor edx, edx
+    wrmsr
+    // VTL 0's own SynIC.
+    mov ecx, 0x40000083
+    mov eax, {simp0} + 1
+    wrmsr
+    mov ecx, 0x40000080
+    mov eax, 1
+    wrmsr
+    mov ecx, 0x1000D
+    mov rdx, -1
+    mov r8d, 1
+    mov eax, {hc0}
+    call rax
+    mov rcx, 0x0F
+    mov edx, {data} + 0x100
+    xor r8d, r8d
+    mov eax, {hc0}
+    call rax
+    out 0x31, eax
+    xor ecx, ecx
+    mov eax, {hc0} + 0x10
+    call rax
+    // Interrupts off, then spin: only a secure interrupt gets VTL 1 in.
+    cli
+    out 0x20, eax
+2:  jmp 2b
+    .globl hvkvm_vsmi_vtl0_end
+hvkvm_vsmi_vtl0_end:
+
+    .globl hvkvm_vsmi_vtl1_start
+hvkvm_vsmi_vtl1_start:
+    mov ecx, 0x40000000
+    mov eax, 1
+    mov edx, 0x81000000
+    wrmsr
+    mov ecx, 0x40000001
+    mov eax, {hc1} + 1
+    xor edx, edx
+    wrmsr
+    mov ecx, 0x40000073
+    mov eax, {assist} + 1
+    wrmsr
+    mov ecx, 0x40000083
+    mov eax, {simp1} + 1
+    wrmsr
+    mov ecx, 0x40000080
+    mov eax, 1
+    wrmsr
+    xor ecx, ecx
+    mov eax, {hc1} + 0x20
+    call rax
+    // Entered by the host's message on SINT 5.
+    mov eax, dword ptr [{assist} + 8]
+    out 0x79, eax
+    mov eax, dword ptr [{simp1} + 5 * 256]
+    out 0x70, eax
+    mov eax, dword ptr [{simp1} + 5 * 256 + 16]
+    out 0x71, eax
+    // A message for VTL 0 while VTL 1 runs: VTL 1 is not left for it.
+    out 0x21, eax
+4:  mov eax, dword ptr [{simp0} + 3 * 256]
+    test eax, eax
+    jz 4b
+    out 0x72, eax
+    out 0x1F, eax
+3:  jmp 3b
+    .globl hvkvm_vsmi_vtl1_end
+hvkvm_vsmi_vtl1_end:
+    .popsection
+"#,
+    hc0 = const HYPERCALL_PAGE,
+    hc1 = const VTL1_HYPERCALL,
+    data = const DATA,
+    assist = const VTL1_ASSIST,
+    simp0 = const VTL0_SIMP,
+    simp1 = const VTL1_SIMP,
+);
+
+extern "C" {
+    static hvkvm_vsmi_vtl0_start: u8;
+    static hvkvm_vsmi_vtl0_end: u8;
+    static hvkvm_vsmi_vtl1_start: u8;
+    static hvkvm_vsmi_vtl1_end: u8;
+}
+
+fn message(message_type: u32, tag: u32) -> hv_defs::message::HvMessage {
+    use zerocopy::FromZeros;
+    let mut m = hv_defs::message::HvMessage::new_zeroed();
+    m.header.message_type = hv_defs::message::HvMessageType(message_type);
+    m.header.payload_size = 4;
+    m.payload[..4].copy_from_slice(&tag.to_le_bytes());
+    m
+}
+
+/// TLFS "Virtual Interrupts": an interrupt for a higher VTL switches to it
+/// at once, RFLAGS.IF of the running VTL ignored (entry reason 2); one for
+/// a lower VTL waits until the VP enters it (here: the message waits in VTL
+/// 0's SIMP and VTL 1 keeps running). "SynIC Messages": the message is in
+/// its SINT's slot.
+#[test]
+fn a_message_for_vtl1_preempts_vtl0_with_interrupts_off() {
+    let p = vsm_partition(1, Vtl::VTL0, Vtl::VTL1);
+    // SAFETY: symbols the global_asm! above defines; `blob` reads between them.
+    let (vtl0, vtl1) = unsafe {
+        (
+            blob(&hvkvm_vsmi_vtl0_start, &hvkvm_vsmi_vtl0_end),
+            blob(&hvkvm_vsmi_vtl1_start, &hvkvm_vsmi_vtl1_end),
+        )
+    };
+    setup_guest(&p);
+    put(&p, CODE, vtl0);
+    put(&p, VTL1_CODE, vtl1);
+    // VTL 1 not enabled on the VP yet: refused.
+    let mut v = p.create_vp(vp(0)).unwrap();
+    assert_eq!(
+        p.post_message(vp(0), Vtl::VTL1, 5, &message(1, 0)),
+        Err(HvError::INVALID_VTL_STATE)
+    );
+    assert_eq!(
+        p.post_message(vp(0), Vtl::VTL0, 16, &message(1, 0)),
+        Err(HvError::INVALID_PARAMETER)
+    );
+    v.set_registers(&bsp_registers(CODE, stack(0))).unwrap();
+    p.set_explicit_suspend(vp(0), false).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || run_reporting(v, tx));
+    let mut got = vec![];
+    for r in rx.iter() {
+        got.push((r.port, r.value));
+        match r.port {
+            0x20 => {
+                // VTL 0 spins with IF clear.
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                assert_eq!(
+                    p.post_message(vp(0), Vtl::VTL1, 5, &message(0x1234, 0xABCD)),
+                    Ok(true)
+                );
+            }
+            0x21 => {
+                assert_eq!(
+                    p.post_message(vp(0), Vtl::VTL0, 3, &message(0x4321, 0)),
+                    Ok(true)
+                );
+            }
+            _ => {}
+        }
+    }
+    t.join().expect("VP thread");
+    assert_eq!(only(&got, 0x31), 0, "{got:x?}");
+    assert_eq!(only(&got, 0x79), 2, "entry reason Interrupt");
+    assert_eq!(only(&got, 0x70), 0x1234, "the message in SINT 5's slot");
+    assert_eq!(only(&got, 0x71), 0xABCD);
+    assert_eq!(
+        only(&got, 0x72),
+        0x4321,
+        "VTL 0's message waits in its SIMP"
+    );
+    assert_eq!(only(&got, DONE), 0x4321);
+}
