@@ -51,7 +51,16 @@ impl Vp {
         let index = self.index().0;
         let (regs, sregs) = self.exit_registers();
         if v.kind != AccessKind::Execute {
+            // The completion may leave an event behind (a fault of the
+            // emulator's own page walk on the data it was given): the
+            // events are put back as they were at the exit.
+            let events = self.vcpu_mut().get_vcpu_events().ok();
             self.drain_pending_exit();
+            if let Some(e) = events {
+                if let Err(err) = self.vcpu_mut().set_vcpu_events(&e) {
+                    log::error!("VP {index}: events not put back: {err}");
+                }
+            }
         }
         let mut bytes = [0u8; 16];
         let (restored, len, count) = match v.kind {

@@ -704,3 +704,177 @@ fn a_message_for_vtl1_preempts_vtl0_with_interrupts_off() {
     );
     assert_eq!(only(&got, DONE), 0x4321);
 }
+
+/// The page directory of VTL 0's mapping at 1 GiB, which VTL 1 protects.
+const PD_HIGH: u64 = 0x66000;
+const WALKED: u64 = 0x4000_0000 + 0x67000;
+
+std::arch::global_asm!(
+    r#"
+    .pushsection .rodata.hvkvm_vsmw_guest, "a"
+    .globl hvkvm_vsmw_vtl0_start
+hvkvm_vsmw_vtl0_start:
+    .code64
+    mov ecx, 0x40000000
+    mov eax, 1
+    mov edx, 0x81000000
+    wrmsr
+    mov ecx, 0x40000001
+    mov eax, {hc0} + 1
+    xor edx, edx
+    wrmsr
+    mov ecx, 0x1000D
+    mov rdx, -1
+    mov r8d, 1
+    mov eax, {hc0}
+    call rax
+    mov rcx, 0x0F
+    mov edx, {data} + 0x100
+    xor r8d, r8d
+    mov eax, {hc0}
+    call rax
+    xor ecx, ecx
+    mov eax, {hc0} + 0x10
+    call rax
+    // The walk of this address reads the protected page directory (RBX:
+    // VTL 1 leaves it alone, the VTLs share it).
+    mov rbx, {walked}
+    mov rax, qword ptr [rbx]
+    out 0x40, eax
+    out 0x1F, eax
+2:  jmp 2b
+    .globl hvkvm_vsmw_vtl0_end
+hvkvm_vsmw_vtl0_end:
+
+    .globl hvkvm_vsmw_vtl1_start
+hvkvm_vsmw_vtl1_start:
+    mov ecx, 0x40000000
+    mov eax, 1
+    mov edx, 0x81000000
+    wrmsr
+    mov ecx, 0x40000001
+    mov eax, {hc1} + 1
+    xor edx, edx
+    wrmsr
+    mov ecx, 0x40000073
+    mov eax, {assist} + 1
+    wrmsr
+    mov ecx, 0x40000083
+    mov eax, {simp} + 1
+    wrmsr
+    mov ecx, 0x40000080
+    mov eax, 1
+    wrmsr
+    mov rcx, 0x0000000100000051
+    mov edx, {cfg}
+    xor r8d, r8d
+    mov eax, {hc1}
+    call rax
+    mov rcx, 0x10000000C
+    mov edx, {prot} + 0x400
+    xor r8d, r8d
+    mov eax, {hc1}
+    call rax
+    out 0x60, eax
+    mov ecx, 1
+    mov eax, {hc1} + 0x20
+    call rax
+    // The intercept.
+    movzx eax, byte ptr [{simp} + 21]
+    out 0x73, eax
+    mov eax, dword ptr [{simp} + 72]
+    out 0x77, eax
+    mov dword ptr [{simp}], 0
+    mov ecx, 0x40000084
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    mov rcx, 0x10000000C
+    mov edx, {prot} + 0x440
+    xor r8d, r8d
+    mov eax, {hc1}
+    call rax
+    out 0x61, eax
+    mov ecx, 1
+    mov eax, {hc1} + 0x20
+    call rax
+3:  jmp 3b
+    .globl hvkvm_vsmw_vtl1_end
+hvkvm_vsmw_vtl1_end:
+    .popsection
+"#,
+    hc0 = const HYPERCALL_PAGE,
+    hc1 = const VTL1_HYPERCALL,
+    data = const DATA,
+    assist = const VTL1_ASSIST,
+    simp = const VTL1_SIMP,
+    cfg = const CFG,
+    prot = const PROT,
+    walked = const WALKED,
+);
+
+extern "C" {
+    static hvkvm_vsmw_vtl0_start: u8;
+    static hvkvm_vsmw_vtl0_end: u8;
+    static hvkvm_vsmw_vtl1_start: u8;
+    static hvkvm_vsmw_vtl1_end: u8;
+}
+
+/// A lower VTL's page walk through a page table a higher VTL made
+/// inaccessible (TLFS "Memory Access Protections": the page is protected
+/// whatever reads it). With hardware-assisted paging (the nested tier, real
+/// KVM) KVM reports the walk's read of the entry: a read intercept at the
+/// entry's GPA, retried once lifted. PVM's shadow paging raises a guest
+/// fault instead, which this guest (no IDT) turns into a shutdown
+/// (`choices`).
+#[test]
+fn a_page_walk_through_a_protected_table_is_an_intercept() {
+    let p = vsm_partition(1, Vtl::VTL0, Vtl::VTL1);
+    setup_guest(&p);
+    // SAFETY: symbols the global_asm! above defines; `blob` reads between them.
+    unsafe {
+        put(&p, CODE, blob(&hvkvm_vsmw_vtl0_start, &hvkvm_vsmw_vtl0_end));
+        put(
+            &p,
+            VTL1_CODE,
+            blob(&hvkvm_vsmw_vtl1_start, &hvkvm_vsmw_vtl1_end),
+        );
+    }
+    put(&p, PROT + 0x400, &prot(0, 0x10, &[PD_HIGH]));
+    put(&p, PROT + 0x440, &prot(0xF, 0x10, &[PD_HIGH]));
+    put(&p, PDPT + 8, &(PD_HIGH | 3).to_le_bytes());
+    put(&p, PD_HIGH, &0x83u64.to_le_bytes());
+    put(&p, 0x67000, &0xFACE_FEEDu32.to_le_bytes());
+    let mut v = p.create_vp(vp(0)).unwrap();
+    v.set_registers(&bsp_registers(CODE, stack(0))).unwrap();
+    p.set_explicit_suspend(vp(0), false).unwrap();
+    let mut got = vec![];
+    let end = loop {
+        match v.run() {
+            hv_partition::VpExit::IoPortAccess {
+                port,
+                access: hv_partition::Access::Write(d),
+            } => {
+                got.push((port, u32::from_le_bytes(d[..4].try_into().unwrap())));
+                if port == DONE {
+                    break "done".to_string();
+                }
+            }
+            other => break format!("{other:?}"),
+        }
+    };
+    assert_eq!(status_of(&got, 0x60), HvStatus::SUCCESS, "{got:x?}");
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        assert_eq!(end, "UnrecoverableException", "PVM: {got:x?}");
+        return;
+    }
+    assert_eq!(end, "done", "{got:x?}");
+    assert_eq!(only(&got, 0x73), 0, "a read");
+    assert_eq!(only(&got, 0x77), PD_HIGH as u32, "the table entry's GPA");
+    assert_eq!(status_of(&got, 0x61), HvStatus::SUCCESS);
+    assert_eq!(only(&got, 0x40), 0xFACE_FEED, "the retried access");
+}
+
+fn status_of(got: &[(u16, u32)], port: u16) -> HvStatus {
+    HvStatus(only(got, port) as u16)
+}
