@@ -15,9 +15,16 @@
 //! the VMM with the TLFS register ABI intact. The page is a GPA overlay (a
 //! read-only memslot over whatever the guest places it on), and its trap is a
 //! hypercall only from the page itself at CPL 0 in protected mode. Served hypercalls:
-//! HvCallGetVpRegisters, HvCallSetVpRegisters, HvCallEnableVpVtl,
+//! HvCallGetVpRegisters, HvCallSetVpRegisters, HvCallEnablePartitionVtl,
+//! HvCallEnableVpVtl, HvCallVtlCall, HvCallVtlReturn, HvCallModifyVtlProtectionMask,
 //! HvCallStartVirtualProcessor, HvCallGetVpIndexFromApicId, HvCallGetPartitionId and
 //! HvCallNotifyLongSpinWait; anything else is `HV_STATUS_INVALID_HYPERCALL_CODE`.
+//!
+//! Virtual Secure Mode: each enabled VTL is a KVM VM of its own over the same
+//! RAM, each VP a vCPU per VTL run by the VP's thread. A higher VTL's memory
+//! protections reshape the lower VTL's memslots, and a refused access reaches
+//! the higher VTL as a GpaIntercept message through its SynIC
+//! ([`Partition::post_message`] sends the host's own messages).
 //!
 //! ```no_run
 //! use hv_defs::{VpIndex, Vtl};
