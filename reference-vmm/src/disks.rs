@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
-use reference_vmm::virtio::block::{Block, Counters, DiskFile};
+use reference_vmm::virtio::block::{Block, Counters, DiskFile, DmaGuard};
 use reference_vmm::virtio::mmio::{reg, MmioTransport, WINDOW};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
@@ -78,7 +78,7 @@ pub fn open(specs: &[DiskSpec]) -> Result<Vec<DiskFile>, String> {
 
 /// Puts the disks on the bus of `vm`: an irqfd each, and an ioeventfd on
 /// QueueNotify where KVM takes one.
-pub fn attach(vm: &VmFd, disks: Vec<DiskFile>) -> Result<Vec<Slot>, String> {
+pub fn attach(vm: &VmFd, disks: Vec<DiskFile>, guard: DmaGuard) -> Result<Vec<Slot>, String> {
     disks
         .into_iter()
         .enumerate()
@@ -102,7 +102,7 @@ pub fn attach(vm: &VmFd, disks: Vec<DiskFile>) -> Result<Vec<Slot>, String> {
             Ok(Slot {
                 base,
                 transport: Arc::new(Mutex::new(MmioTransport::new(
-                    Block::new(disk),
+                    Block::new(disk).with_guard(guard.clone()),
                     Box::new(irq),
                 ))),
                 notify,

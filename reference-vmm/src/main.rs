@@ -468,7 +468,16 @@ fn run(args: Args) -> Result<i32, VmmError> {
         .vm()
         .register_irqfd(&serial_irq, 4)
         .map_err(|e| VmmError::Setup(format!("KVM_IRQFD: {e}")))?;
-    let disk_slots = disks::attach(partition.vm(), disk_files).map_err(VmmError::Setup)?;
+    // The devices' DMA has the rights of the VTL they belong to (the boot
+    // VTL's VM holds them): memory a higher VTL protects from it is refused.
+    let dma = {
+        let p = partition.clone();
+        let vtl = p.boot_vtl();
+        let guard: reference_vmm::virtio::block::DmaGuard =
+            Arc::new(move |gpa, len, write| p.vtl_may_access(vtl, gpa, len, write));
+        guard
+    };
+    let disk_slots = disks::attach(partition.vm(), disk_files, dma).map_err(VmmError::Setup)?;
     let devices = Arc::new(
         Devices::new(
             partition.clone(),

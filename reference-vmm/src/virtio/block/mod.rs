@@ -71,7 +71,14 @@ pub struct Block {
     counters: Counters,
     event_idx: bool,
     sizes: [u16; 1],
+    guard: Option<DmaGuard>,
 }
+
+/// Whether the device may touch guest memory on the driver's behalf:
+/// `(gpa, len, write)`. A VMM with memory the driver must not reach (a
+/// higher VTL's, TLFS "Virtual Secure Mode": DMA has VTL 0's rights) says
+/// no for it; the device then treats the range as outside guest memory.
+pub type DmaGuard = std::sync::Arc<dyn Fn(u64, u64, bool) -> bool + Send + Sync>;
 
 impl Block {
     /// A device serving `disk`.
@@ -88,7 +95,28 @@ impl Block {
             counters: Counters::default(),
             event_idx: false,
             sizes: [QUEUE_SIZE],
+            guard: None,
         }
+    }
+
+    /// The device with `guard` consulted before every access to guest
+    /// memory it makes for the driver: its rings (a ring it may not reach
+    /// leaves the queue unserved) and each request's buffers (IOERR).
+    pub fn with_guard(mut self, guard: DmaGuard) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    /// Whether the guard lets the device use the queue's rings.
+    fn rings_allowed(&self, queue: &Queue) -> bool {
+        use virtio_queue::QueueT;
+        let Some(g) = &self.guard else {
+            return true;
+        };
+        let n = u64::from(queue.size());
+        g(queue.desc_table(), 16 * n, false)
+            && g(queue.avail_ring(), 6 + 2 * n, false)
+            && g(queue.used_ring(), 6 + 8 * n, true)
     }
 
     /// The backing disk.
@@ -157,13 +185,19 @@ impl VirtioDevice for Block {
 
     fn process_queue<M: GuestMemory>(&mut self, _index: usize, queue: &mut Queue, mem: &M) -> bool {
         let mut used = false;
+        if !self.rings_allowed(queue) {
+            log::debug!("virtio-blk: a queue ring is where the device may not go");
+            return false;
+        }
+        let allow_all: DmaGuard = std::sync::Arc::new(|_, _, _| true);
+        let guard = self.guard.clone().unwrap_or(allow_all);
         loop {
             if self.event_idx && queue.disable_notification(mem).is_err() {
                 break;
             }
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
-                let served = request::serve(chain, mem, &self.disk);
+                let served = request::serve(chain, mem, &self.disk, guard.as_ref());
                 self.count(served.outcome);
                 if queue.add_used(mem, head, served.used_len).is_err() {
                     return used;

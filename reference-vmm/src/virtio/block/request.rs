@@ -123,11 +123,15 @@ fn map<'a, M: GuestMemory>(
     mem: &'a M,
     descs: impl Iterator<Item = Descriptor>,
     access: Permissions,
+    guard: &dyn Fn(u64, u64, bool) -> bool,
     out: &mut Bufs<'a, BS<'a, M::Bitmap>>,
 ) -> bool {
     for d in descs {
         if d.len() == 0 {
             continue;
+        }
+        if !guard(d.addr().0, d.len().into(), access == Permissions::Write) {
+            return false;
         }
         let Ok(slices) = mem.get_slices(d.addr(), d.len() as usize, access) else {
             return false;
@@ -144,7 +148,15 @@ fn map<'a, M: GuestMemory>(
 }
 
 /// Serves one request chain against `disk`.
-pub fn serve<M: GuestMemory>(chain: DescriptorChain<&M>, mem: &M, disk: &DiskFile) -> Served {
+/// `guard` says which guest memory the device may touch
+/// ([`super::DmaGuard`]); a buffer it refuses is treated as outside guest
+/// memory.
+pub fn serve<M: GuestMemory>(
+    chain: DescriptorChain<&M>,
+    mem: &M,
+    disk: &DiskFile,
+    guard: &dyn Fn(u64, u64, bool) -> bool,
+) -> Served {
     // The chain, checked whole first: it ends (no loop, no index past the
     // queue, every descriptor readable), readable descriptors come first.
     let mut descs: Vec<Descriptor> = Vec::with_capacity(4);
@@ -174,6 +186,7 @@ pub fn serve<M: GuestMemory>(chain: DescriptorChain<&M>, mem: &M, disk: &DiskFil
         mem,
         descs.iter().copied().filter(|d| !d.is_write_only()),
         Permissions::Read,
+        guard,
         &mut readable,
     );
     // The status byte is the chain's last writable byte: map the last
@@ -193,6 +206,7 @@ pub fn serve<M: GuestMemory>(chain: DescriptorChain<&M>, mem: &M, disk: &DiskFil
             .copied()
             .filter(|d| d.is_write_only()),
         Permissions::Write,
+        guard,
         &mut writable,
     );
     let mut tail = Bufs::new();
@@ -200,6 +214,7 @@ pub fn serve<M: GuestMemory>(chain: DescriptorChain<&M>, mem: &M, disk: &DiskFil
         mem,
         std::iter::once(descs[last_w]),
         Permissions::Write,
+        guard,
         &mut tail,
     ) {
         return Served {

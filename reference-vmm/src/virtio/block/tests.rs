@@ -69,7 +69,7 @@ fn d(addr: u64, len: u32, flags: u16) -> RawDescriptor {
 fn serve(mem: &GuestMemoryMmap, disk: &DiskFile, descs: &[RawDescriptor]) -> request::Served {
     let q = MockSplitQueue::new(mem, 16);
     let chain = q.build_desc_chain(descs).unwrap();
-    request::serve(chain, mem, disk)
+    request::serve(chain, mem, disk, &|_, _, _| true)
 }
 
 fn status(mem: &GuestMemoryMmap) -> u8 {
@@ -112,6 +112,33 @@ fn in_reads_the_sectors_into_the_buffer_only() {
     assert!(data[512..1024].iter().all(|&b| b == 4));
     assert!(data[1024..].iter().all(|&b| b == FILL), "past the buffer");
     assert_eq!(bytes(&mem, STATUS + 1, 15), vec![FILL; 15]);
+}
+
+/// A data buffer the guard refuses (memory a higher VTL protects from the
+/// driver's VTL, TLFS "Virtual Secure Mode": DMA has VTL 0's rights) is
+/// treated as outside guest memory: IOERR, and nothing is written there. A
+/// header the device may not read is the same.
+#[test]
+fn the_dma_guard_keeps_the_device_out_of_refused_memory() {
+    let (disk, _t) = disk(false);
+    let mem = memory();
+    header(&mem, T_IN, 3);
+    let chain = MockSplitQueue::new(&mem, 16);
+    let descs = read_chain(1024);
+    let c = chain.build_desc_chain(&descs).unwrap();
+    let no_writes_to_data =
+        |gpa: u64, len: u64, write: bool| !(write && gpa < DATA + 0x1000 && gpa + len > DATA);
+    let r = request::serve(c, &mem, &disk, &no_writes_to_data);
+    assert_eq!(status(&mem), S_IOERR);
+    assert_eq!(r.outcome, Outcome::Failed(S_IOERR));
+    assert_eq!(bytes(&mem, DATA, 1024), vec![FILL; 1024], "nothing written");
+    let q = MockSplitQueue::new(&mem, 16);
+    let c = q.build_desc_chain(&descs).unwrap();
+    let no_header = |gpa: u64, _: u64, write: bool| write || gpa != HDR;
+    mem.write_obj(FILL, GuestAddress(STATUS)).unwrap();
+    let r = request::serve(c, &mem, &disk, &no_header);
+    assert_eq!(r.outcome, Outcome::Failed(S_IOERR));
+    assert_eq!(bytes(&mem, DATA, 1024), vec![FILL; 1024]);
 }
 
 #[test]
@@ -311,7 +338,7 @@ fn a_looping_chain_is_ioerr() {
         RawDescriptor::from(SplitDescriptor::new(STATUS, 1, W | NEXT, 1)),
     ];
     let chain = q.build_multiple_desc_chains(&descs).unwrap();
-    let r = request::serve(chain, &mem, &disk);
+    let r = request::serve(chain, &mem, &disk, &|_, _, _| true);
     assert_eq!((r.used_len, r.outcome), (0, Outcome::Unanswerable));
     assert_eq!(status(&mem), FILL);
     assert!(bytes(&mem, DATA, 512).iter().all(|&b| b == FILL));
@@ -321,7 +348,7 @@ fn a_looping_chain_is_ioerr() {
         RawDescriptor::from(SplitDescriptor::new(STATUS, 1, W | NEXT, 99)),
     ];
     let chain = q.build_multiple_desc_chains(&descs).unwrap();
-    let r = request::serve(chain, &mem, &disk);
+    let r = request::serve(chain, &mem, &disk, &|_, _, _| true);
     assert_eq!((r.used_len, status(&mem)), (0, FILL));
 }
 
@@ -408,6 +435,34 @@ fn the_device_serves_a_queue_and_counts() {
     assert_eq!((c.reads, c.bytes_read, c.failed), (1, 512, 0));
     // Nothing new: no interrupt.
     assert!(!block.process_queue(0, &mut queue, &mem));
+}
+
+/// A queue whose used ring is where the guard lets the device not write is
+/// not served: no used entry, no interrupt; allowed again, it is.
+#[test]
+fn the_dma_guard_covers_the_rings() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (disk, _t) = disk(false);
+    let mem = memory();
+    let q = MockSplitQueue::new(&mem, 16);
+    let used = q.used_addr().0;
+    let refuse = Arc::new(AtomicBool::new(true));
+    let r = refuse.clone();
+    let guard: super::DmaGuard = Arc::new(move |gpa, len, write| {
+        !(r.load(Ordering::SeqCst) && write && gpa <= used && gpa + len > used)
+    });
+    let mut block = Block::new(disk).with_guard(guard);
+    block.activate(crate::virtio::F_VERSION_1);
+    header(&mem, T_IN, 2);
+    q.build_desc_chain(&read_chain(512)).unwrap();
+    let mut queue: Queue = q.create_queue().unwrap();
+    assert!(!block.process_queue(0, &mut queue, &mem));
+    assert_eq!(q.used().idx().load(), 0);
+    assert_eq!(block.counters().reads, 0);
+    refuse.store(false, Ordering::SeqCst);
+    assert!(block.process_queue(0, &mut queue, &mem));
+    assert_eq!(q.used().idx().load(), 1);
 }
 
 #[test]
