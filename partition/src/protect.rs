@@ -114,7 +114,10 @@ impl Partition {
             AccessKind::Read
         };
         let Some(space) = self.space(vtl) else {
-            return true;
+            // No VM yet (VTL 0 of a partition booted above it): only the
+            // higher VTLs' default masks can apply.
+            return (vtl.0 + 1..=Vtl::MAX_X64.0)
+                .all(|by| self.vsm.default_access(Vtl(by)).allows(kind));
         };
         if !space.restricted.load(Ordering::Acquire) || len == 0 {
             return true;

@@ -593,6 +593,11 @@ hvkvm_vsmi_vtl1_start:
     mov ecx, 0x40000080
     mov eax, 1
     wrmsr
+    // SINT 5 raises vector 0x50 (VTL 1 runs with IF clear: it stays
+    // pending in VTL 1's LAPIC).
+    mov ecx, 0x40000095
+    mov eax, 0x50
+    wrmsr
     xor ecx, ecx
     mov eax, {hc1} + 0x20
     call rax
@@ -603,6 +608,16 @@ hvkvm_vsmi_vtl1_start:
     out 0x70, eax
     mov eax, dword ptr [{simp1} + 5 * 256 + 16]
     out 0x71, eax
+    // A second message waits: MessagePending; freed and EOM, it is there.
+    movzx eax, byte ptr [{simp1} + 5 * 256 + 5]
+    out 0x73, eax
+    mov dword ptr [{simp1} + 5 * 256], 0
+    mov ecx, 0x40000084
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    mov eax, dword ptr [{simp1} + 5 * 256 + 16]
+    out 0x74, eax
     // A message for VTL 0 while VTL 1 runs: VTL 1 is not left for it.
     out 0x21, eax
 4:  mov eax, dword ptr [{simp0} + 3 * 256]
@@ -682,6 +697,11 @@ fn a_message_for_vtl1_preempts_vtl0_with_interrupts_off() {
                     p.post_message(vp(0), Vtl::VTL1, 5, &message(0x1234, 0xABCD)),
                     Ok(true)
                 );
+                assert_eq!(
+                    p.post_message(vp(0), Vtl::VTL1, 5, &message(0x1234, 0xBCDE)),
+                    Ok(true),
+                    "queued behind the first"
+                );
             }
             0x21 => {
                 assert_eq!(
@@ -697,6 +717,8 @@ fn a_message_for_vtl1_preempts_vtl0_with_interrupts_off() {
     assert_eq!(only(&got, 0x79), 2, "entry reason Interrupt");
     assert_eq!(only(&got, 0x70), 0x1234, "the message in SINT 5's slot");
     assert_eq!(only(&got, 0x71), 0xABCD);
+    assert_eq!(only(&got, 0x73), 1, "MessagePending");
+    assert_eq!(only(&got, 0x74), 0xBCDE, "delivered at EOM");
     assert_eq!(
         only(&got, 0x72),
         0x4321,
@@ -877,4 +899,36 @@ fn a_page_walk_through_a_protected_table_is_an_intercept() {
 
 fn status_of(got: &[(u16, u32)], port: u16) -> HvStatus {
     HvStatus(only(got, port) as u16)
+}
+
+/// TLFS "Partition Configuration": DefaultVtlProtectionMask applies to every
+/// lower-VTL page once EnableVtlProtection is set (here through the host's
+/// register access), also to the VTL 0 VM of a partition booted in VTL 1;
+/// `vtl_may_access` (for a VMM's devices) follows it.
+#[test]
+fn the_default_protection_mask_covers_all_lower_vtl_ram() {
+    use hv_regs::HvRegisterName as N;
+    let p = vsm_partition(1, Vtl::VTL1, Vtl::VTL1);
+    let mut v = p.create_vp(vp(0)).unwrap();
+    assert!(
+        p.vtl_may_access(Vtl::VTL0, P, 8, true),
+        "no protections yet"
+    );
+    // EnableVtlProtection with a read+execute default (R, KX: 0b0101).
+    v.set_registers(&[(N::VSM_PARTITION_CONFIG, (1u64 | (0b0101 << 1)).into())])
+        .unwrap();
+    assert!(p.vtl_may_access(Vtl::VTL0, P, 8, false));
+    assert!(!p.vtl_may_access(Vtl::VTL0, P, 8, true));
+    assert!(!p.vtl_may_access(Vtl::VTL0, 0, 1, true));
+    // VTL 1's own memory is not protected by VTL 1.
+    assert!(p.vtl_may_access(Vtl::VTL1, P, 8, true));
+    // The mask is fixed once protections are enabled.
+    assert!(v
+        .set_registers(&[(N::VSM_PARTITION_CONFIG, 1u64.into())])
+        .is_err());
+    assert!(p.vtl_may_access(Vtl::VTL0, P + 0x1000, 0x2000, false));
+    // VTL 0's VM, made at the first access naming it, has the default.
+    v.get_vtl_registers(Vtl::VTL0, &[N::RIP]).unwrap();
+    assert!(!p.vtl_may_access(Vtl::VTL0, P, 8, true));
+    assert!(p.vtl_may_access(Vtl::VTL0, P, 8, false));
 }
