@@ -110,10 +110,12 @@ impl Vp {
             Switch::Intercept
         } else {
             let shared = self.shared().clone();
+            let may_write = |page| partition.vtl_may_access(by, page, 0x1000, true);
             let posted = shared.lock().synic[by.0 as usize].post(
                 INTERCEPT_SINT,
                 &message,
                 partition.memory(),
+                &may_write,
             );
             match posted {
                 Posted::Delivered(Some(vector)) => partition.raise(by, &shared, vector),

@@ -44,7 +44,8 @@ impl Partition {
         if !g.state.vtl_enabled(vtl) {
             return Err(HvError::INVALID_VTL_STATE);
         }
-        let posted = g.synic[vtl.0 as usize].post(sint.into(), message, &self.memory);
+        let may_write = |page| self.vtl_may_access(vtl, page, 0x1000, true);
+        let posted = g.synic[vtl.0 as usize].post(sint.into(), message, &self.memory, &may_write);
         let preempt =
             matches!(posted, Posted::Delivered(_) | Posted::Queued) && vtl > g.state.active_vtl();
         if preempt {

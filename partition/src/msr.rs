@@ -43,11 +43,13 @@ impl Partition {
                     }
                 }
                 Some(v) => {
+                    let may_write = |page| self.vtl_may_access(vtl, page, 0x1000, true);
                     let written = shared.lock().synic[vtl.0 as usize].write(
                         m.index,
                         v,
                         self.gpa_limit(),
                         &self.memory,
+                        &may_write,
                     );
                     match written {
                         Ok(vectors) => {

@@ -473,16 +473,18 @@ impl Partition {
         for vp in &vps {
             vp.gate.leave_if_current();
         }
-        let mut view = space.view();
-        if view.overlay_at() == to {
+        if space.view().overlay_at() == to {
             return Ok(());
         }
+        // VPs first, then the view (the order `protect` keeps).
         let paused = pause(vps.iter().map(|vp| &vp.gate).collect());
+        let mut view = space.view();
         let host = space.overlay.host();
         let r = view.set_overlay(&*space.vm, to.map(|gpa| (gpa, host)));
         space
             .overlay_at
             .store(view.overlay_at().unwrap_or(NO_OVERLAY), Ordering::Release);
+        drop(view);
         drop(paused);
         r.map_err(|e| match e {
             crate::memview::ViewError::Kvm(e) => e,

@@ -152,10 +152,13 @@ impl Partition {
         for vp in &vps {
             vp.gate.leave_if_current();
         }
-        let mut view = space.view();
+        // VPs first, then the view: a VP thread may hold its own lock while
+        // it asks the view (vtl_may_access).
         let paused = pause(vps.iter().map(|vp| &vp.gate).collect());
+        let mut view = space.view();
         let r = view.set_protections(&*space.vm, by, protections);
         space.restricted.store(view.restricted(), Ordering::Release);
+        drop(view);
         drop(paused);
         if let Err(e) = &r {
             log::warn!("VTL {} protections not applied: {e}", by.0);

@@ -99,6 +99,7 @@ impl Synic {
         value: u64,
         gpa_limit: u64,
         mem: &GuestMemoryMmap,
+        may_write: &dyn Fn(u64) -> bool,
     ) -> Result<Vec<u8>, Refused> {
         match index {
             MSR_SCONTROL => self.scontrol = value & 1,
@@ -112,9 +113,9 @@ impl Synic {
                 } else {
                     self.siefp = v;
                 }
-                return Ok(self.redeliver(mem));
+                return Ok(self.redeliver(mem, may_write));
             }
-            MSR_EOM => return Ok(self.redeliver(mem)),
+            MSR_EOM => return Ok(self.redeliver(mem, may_write)),
             i if (MSR_SINT0..MSR_SINT0 + 16).contains(&i) => {
                 let vector = value & 0xFF;
                 if value & SINT_MASKED == 0 && vector < 16 {
@@ -138,9 +139,18 @@ impl Synic {
         (s & (SINT_MASKED | SINT_POLLING) == 0).then_some(s as u8)
     }
 
-    /// Posts `msg` on `sint` (0-15).
-    pub fn post(&mut self, sint: usize, msg: &HvMessage, mem: &GuestMemoryMmap) -> Posted {
-        let Some(page) = self.simp_page() else {
+    /// Posts `msg` on `sint` (0-15). `may_write` says whether the VTL may
+    /// write the page at a GPA: a SIMP it may not write (a higher VTL
+    /// protects it) is not written for it either, and the message is
+    /// dropped.
+    pub fn post(
+        &mut self,
+        sint: usize,
+        msg: &HvMessage,
+        mem: &GuestMemoryMmap,
+        may_write: &dyn Fn(u64) -> bool,
+    ) -> Posted {
+        let Some(page) = self.simp_page().filter(|&p| may_write(p)) else {
             return Posted::Dropped;
         };
         let slot = GuestAddress(page + 256 * sint as u64);
@@ -169,11 +179,11 @@ impl Synic {
     }
 
     /// Delivers queued messages whose slots are free again.
-    fn redeliver(&mut self, mem: &GuestMemoryMmap) -> Vec<u8> {
+    fn redeliver(&mut self, mem: &GuestMemoryMmap, may_write: &dyn Fn(u64) -> bool) -> Vec<u8> {
         let mut vectors = Vec::new();
         for sint in 0..16 {
             if let Some(m) = self.queued[sint].take() {
-                match self.post(sint, &m, mem) {
+                match self.post(sint, &m, mem, may_write) {
                     Posted::Delivered(v) => vectors.extend(v),
                     Posted::Queued => {}
                     Posted::Dropped => self.queued[sint] = Some(m),
@@ -188,6 +198,10 @@ impl Synic {
 mod tests {
     use super::*;
     use zerocopy::FromZeros;
+
+    fn ok(_: u64) -> bool {
+        true
+    }
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
@@ -207,29 +221,33 @@ mod tests {
     fn slot_protocol() {
         let mem = mem();
         let mut s = Synic::default();
-        assert_eq!(s.post(0, &message(1), &mem), Posted::Dropped);
-        s.write(MSR_SCONTROL, 1, 1 << 40, &mem).unwrap();
-        s.write(MSR_SIMP, 0x3001, 1 << 40, &mem).unwrap();
+        assert_eq!(s.post(0, &message(1), &mem, &ok), Posted::Dropped);
+        s.write(MSR_SCONTROL, 1, 1 << 40, &mem, &ok).unwrap();
+        s.write(MSR_SIMP, 0x3001, 1 << 40, &mem, &ok).unwrap();
         assert_eq!(s.read(MSR_SIMP), Some(0x3001));
         // SINT0 masked: delivered without an interrupt.
-        assert_eq!(s.post(0, &message(1), &mem), Posted::Delivered(None));
+        assert_eq!(s.post(0, &message(1), &mem, &ok), Posted::Delivered(None));
         assert_eq!(
             mem.read_obj::<u32>(GuestAddress(0x3000)).unwrap(),
             0x8000_0001
         );
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x3010)).unwrap(), 1);
-        s.write(MSR_SINT0, 0x40, 1 << 40, &mem).unwrap();
-        assert_eq!(s.post(0, &message(2), &mem), Posted::Queued);
+        s.write(MSR_SINT0, 0x40, 1 << 40, &mem, &ok).unwrap();
+        assert_eq!(s.post(0, &message(2), &mem, &ok), Posted::Queued);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x3005)).unwrap(), 1);
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x3010)).unwrap(), 1);
         // EOM with the slot still busy: still queued.
-        assert_eq!(s.write(MSR_EOM, 0, 1 << 40, &mem), Ok(vec![]));
+        assert_eq!(s.write(MSR_EOM, 0, 1 << 40, &mem, &ok), Ok(vec![]));
         // The guest frees the slot, then EOM: delivered, vector 0x40.
         mem.write_obj(0u32, GuestAddress(0x3000)).unwrap();
-        assert_eq!(s.write(MSR_EOM, 0, 1 << 40, &mem), Ok(vec![0x40]));
+        assert_eq!(s.write(MSR_EOM, 0, 1 << 40, &mem, &ok), Ok(vec![0x40]));
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x3010)).unwrap(), 2);
+        // A SIMP the VTL may not write: dropped, nothing written.
+        mem.write_obj(0u32, GuestAddress(0x3000)).unwrap();
+        assert_eq!(s.post(0, &message(9), &mem, &|_| false), Posted::Dropped);
+        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x3000)).unwrap(), 0);
         // Another SINT's slot is its own.
-        assert_eq!(s.post(3, &message(3), &mem), Posted::Delivered(None));
+        assert_eq!(s.post(3, &message(3), &mem, &ok), Posted::Delivered(None));
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x3310)).unwrap(), 3);
     }
 
@@ -241,19 +259,29 @@ mod tests {
         let mem = mem();
         let mut s = Synic::default();
         assert_eq!(s.read(MSR_SVERSION), Some(1));
-        assert_eq!(s.write(MSR_SVERSION, 2, 1 << 40, &mem), Err(Refused));
+        assert_eq!(s.write(MSR_SVERSION, 2, 1 << 40, &mem, &ok), Err(Refused));
         assert_eq!(s.read(MSR_SINT0 + 15), Some(1 << 16));
-        assert_eq!(s.write(MSR_SINT0 + 2, 0x0F, 1 << 40, &mem), Err(Refused));
-        assert!(s.write(MSR_SINT0 + 2, 0x1_000F, 1 << 40, &mem).is_ok());
-        assert_eq!(s.write(MSR_SIMP, 1 << 40 | 1, 1 << 40, &mem), Err(Refused));
+        assert_eq!(
+            s.write(MSR_SINT0 + 2, 0x0F, 1 << 40, &mem, &ok),
+            Err(Refused)
+        );
+        assert!(s.write(MSR_SINT0 + 2, 0x1_000F, 1 << 40, &mem, &ok).is_ok());
+        assert_eq!(
+            s.write(MSR_SIMP, 1 << 40 | 1, 1 << 40, &mem, &ok),
+            Err(Refused)
+        );
         assert_eq!(s.read(MSR_EOM), Some(0));
         assert_eq!(s.read(0x4000_0085), None);
         // Polling SINTs raise nothing.
-        s.write(MSR_SCONTROL, 1, 1 << 40, &mem).unwrap();
-        s.write(MSR_SIMP, 0x1001, 1 << 40, &mem).unwrap();
-        s.write(MSR_SINT0 + 1, 0x4_0050, 1 << 40, &mem).unwrap();
-        assert_eq!(s.post(1, &message(1), &mem), Posted::Delivered(None));
-        s.write(MSR_SINT0 + 4, 0x51, 1 << 40, &mem).unwrap();
-        assert_eq!(s.post(4, &message(1), &mem), Posted::Delivered(Some(0x51)));
+        s.write(MSR_SCONTROL, 1, 1 << 40, &mem, &ok).unwrap();
+        s.write(MSR_SIMP, 0x1001, 1 << 40, &mem, &ok).unwrap();
+        s.write(MSR_SINT0 + 1, 0x4_0050, 1 << 40, &mem, &ok)
+            .unwrap();
+        assert_eq!(s.post(1, &message(1), &mem, &ok), Posted::Delivered(None));
+        s.write(MSR_SINT0 + 4, 0x51, 1 << 40, &mem, &ok).unwrap();
+        assert_eq!(
+            s.post(4, &message(1), &mem, &ok),
+            Posted::Delivered(Some(0x51))
+        );
     }
 }

@@ -378,7 +378,10 @@ impl Vp {
     /// The GPA of `vtl`'s VP assist page, if enabled.
     pub(crate) fn assist_page(&self, vtl: Vtl) -> Option<u64> {
         let v = self.shared().lock().vp_assist_page[vtl.0 as usize];
-        (v & 1 != 0).then_some(v & !0xFFF)
+        // A page a higher VTL protects from `vtl` is not used for it.
+        (v & 1 != 0)
+            .then_some(v & !0xFFF)
+            .filter(|&page| self.partition().vtl_may_access(vtl, page, 0x1000, true))
     }
 
     /// Re-enters KVM_RUN with `immediate_exit` set, so KVM completes the exit

@@ -618,8 +618,31 @@ hvkvm_vsmi_vtl1_start:
     wrmsr
     mov eax, dword ptr [{simp1} + 5 * 256 + 16]
     out 0x74, eax
-    // A message for VTL 0 while VTL 1 runs: VTL 1 is not left for it.
+    // VTL 0's SIMP protected from VTL 0: a message for VTL 0 is not
+    // written there.
+    mov rcx, 0x0000000100000051
+    mov edx, {cfg}
+    xor r8d, r8d
+    mov eax, {hc1}
+    call rax
+    out 0x62, eax
+    mov rcx, 0x10000000C
+    mov edx, {prot} + 0x480
+    xor r8d, r8d
+    mov eax, {hc1}
+    call rax
+    out 0x63, eax
     out 0x21, eax
+    mov eax, dword ptr [{simp0} + 3 * 256]
+    out 0x76, eax
+    mov rcx, 0x10000000C
+    mov edx, {prot} + 0x4C0
+    xor r8d, r8d
+    mov eax, {hc1}
+    call rax
+    out 0x64, eax
+    // A message for VTL 0 while VTL 1 runs: VTL 1 is not left for it.
+    out 0x22, eax
 4:  mov eax, dword ptr [{simp0} + 3 * 256]
     test eax, eax
     jz 4b
@@ -636,6 +659,8 @@ hvkvm_vsmi_vtl1_end:
     assist = const VTL1_ASSIST,
     simp0 = const VTL0_SIMP,
     simp1 = const VTL1_SIMP,
+    cfg = const CFG,
+    prot = const PROT,
 );
 
 extern "C" {
@@ -672,6 +697,8 @@ fn a_message_for_vtl1_preempts_vtl0_with_interrupts_off() {
     setup_guest(&p);
     put(&p, CODE, vtl0);
     put(&p, VTL1_CODE, vtl1);
+    put(&p, PROT + 0x480, &prot(0, 0x10, &[VTL0_SIMP]));
+    put(&p, PROT + 0x4C0, &prot(0xF, 0x10, &[VTL0_SIMP]));
     // VTL 1 not enabled on the VP yet: refused.
     let mut v = p.create_vp(vp(0)).unwrap();
     assert_eq!(
@@ -706,6 +733,13 @@ fn a_message_for_vtl1_preempts_vtl0_with_interrupts_off() {
             0x21 => {
                 assert_eq!(
                     p.post_message(vp(0), Vtl::VTL0, 3, &message(0x4321, 0)),
+                    Ok(false),
+                    "VTL 0's SIMP is protected from VTL 0: dropped"
+                );
+            }
+            0x22 => {
+                assert_eq!(
+                    p.post_message(vp(0), Vtl::VTL0, 3, &message(0x4321, 0)),
                     Ok(true)
                 );
             }
@@ -717,6 +751,10 @@ fn a_message_for_vtl1_preempts_vtl0_with_interrupts_off() {
     assert_eq!(only(&got, 0x79), 2, "entry reason Interrupt");
     assert_eq!(only(&got, 0x70), 0x1234, "the message in SINT 5's slot");
     assert_eq!(only(&got, 0x71), 0xABCD);
+    for port in [0x62, 0x63, 0x64] {
+        assert_eq!(only(&got, port), 0, "port {port:#x}: {got:x?}");
+    }
+    assert_eq!(only(&got, 0x76), 0, "nothing written in the protected SIMP");
     assert_eq!(only(&got, 0x73), 1, "MessagePending");
     assert_eq!(only(&got, 0x74), 0xBCDE, "delivered at EOM");
     assert_eq!(
