@@ -122,6 +122,18 @@ pub(crate) struct Region {
     pub flags: u32,
 }
 
+impl Region {
+    /// The slot of a whole RAM region.
+    fn whole(r: &RamSlot) -> Region {
+        Region {
+            gpa: r.gpa,
+            len: r.len,
+            host: r.host,
+            flags: 0,
+        }
+    }
+}
+
 /// Where a view's slot changes go: KVM (a VM) or, in tests, a recorder.
 pub(crate) trait SlotSink {
     /// Registers `region` as `slot`, or deletes `slot` (`None`).
@@ -256,20 +268,7 @@ impl MemoryView {
     pub fn new(ram: Vec<RamSlot>, numbers: SlotNumbers) -> MemoryView {
         let applied = ram
             .iter()
-            .map(|r| {
-                (
-                    r.gpa,
-                    (
-                        r.slot,
-                        Region {
-                            gpa: r.gpa,
-                            len: r.len,
-                            host: r.host,
-                            flags: 0,
-                        },
-                    ),
-                )
-            })
+            .map(|r| (r.gpa, (r.slot, Region::whole(r))))
             .collect();
         MemoryView {
             ram,
@@ -516,15 +515,7 @@ mod tests {
         ];
         let mut kvm = Kvm::default();
         for r in &ram {
-            kvm.slots.insert(
-                r.slot,
-                Region {
-                    gpa: r.gpa,
-                    len: r.len,
-                    host: r.host,
-                    flags: 0,
-                },
-            );
+            kvm.slots.insert(r.slot, Region::whole(r));
         }
         (MemoryView::new(ram, SlotNumbers::up(2, limit)), kvm)
     }

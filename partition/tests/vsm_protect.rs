@@ -46,6 +46,40 @@ const NOT_RAM: u64 = 0x1000_0000;
 std::arch::global_asm!(
     r#"
     .pushsection .rodata.hvkvm_vsmp_guest, "a"
+    // The guest OS id, then the hypercall page at `page`.
+    .macro hypercall_page page
+    mov ecx, 0x40000000
+    mov eax, 1
+    mov edx, 0x81000000
+    wrmsr
+    mov ecx, 0x40000001
+    mov eax, \page + 1
+    xor edx, edx
+    wrmsr
+    .endm
+    // VTL 1's VP assist page, its SIMP at `simp`, SCONTROL.
+    .macro vtl1_pages simp
+    mov ecx, 0x40000073
+    mov eax, {assist} + 1
+    wrmsr
+    mov ecx, 0x40000083
+    mov eax, \simp + 1
+    wrmsr
+    mov ecx, 0x40000080
+    mov eax, 1
+    wrmsr
+    .endm
+    // EnablePartitionVtl(1) (fast; status on 0x30), EnableVpVtl(self, 1)
+    // (status on 0x31).
+    .macro enable_vtl1
+    mov ecx, 0x1000D
+    mov rdx, -1
+    mov r8d, 1
+    mov eax, {hc0}
+    call rax
+    out 0x30, eax
+    hvcall {hc0}, 0x0F, {data} + 0x100, 0, 0x31
+    .endm
     .macro hvcall page, control, input, output, port
     mov rcx, \control
     mov edx, \input
@@ -96,22 +130,8 @@ std::arch::global_asm!(
     .globl hvkvm_vsmp_vtl0_start
 hvkvm_vsmp_vtl0_start:
     .code64
-    mov ecx, 0x40000000
-    mov eax, 1
-    mov edx, 0x81000000
-    wrmsr
-    mov ecx, 0x40000001
-    mov eax, {hc0} + 1
-    xor edx, edx
-    wrmsr
-    // EnablePartitionVtl(1) (fast), EnableVpVtl(self, 1).
-    mov ecx, 0x1000D
-    mov rdx, -1
-    mov r8d, 1
-    mov eax, {hc0}
-    call rax
-    out 0x30, eax
-    hvcall {hc0}, 0x0F, {data} + 0x100, 0, 0x31
+    hypercall_page {hc0}
+    enable_vtl1
     // VTL 1 sets up and protects P and X.
     xor ecx, ecx
     mov eax, {hc0} + 0x10
@@ -166,14 +186,7 @@ hvkvm_vsmp_vtl0_end:
 
     .globl hvkvm_vsmp_vtl1_start
 hvkvm_vsmp_vtl1_start:
-    mov ecx, 0x40000000
-    mov eax, 1
-    mov edx, 0x81000000
-    wrmsr
-    mov ecx, 0x40000001
-    mov eax, {hc1} + 1
-    xor edx, edx
-    wrmsr
+    hypercall_page {hc1}
     mov ecx, 0x40000073
     mov eax, {assist} + 1
     wrmsr
@@ -274,6 +287,162 @@ hvkvm_vsmp_vtl1_start:
     .globl hvkvm_vsmp_vtl1_end
 hvkvm_vsmp_vtl1_end:
     .popsection
+
+    .pushsection .rodata.hvkvm_vsmi_guest, "a"
+    .globl hvkvm_vsmi_vtl0_start
+hvkvm_vsmi_vtl0_start:
+    .code64
+    hypercall_page {hc0}
+    // VTL 0's own SynIC.
+    mov ecx, 0x40000083
+    mov eax, {simp0} + 1
+    wrmsr
+    mov ecx, 0x40000080
+    mov eax, 1
+    wrmsr
+    enable_vtl1
+    xor ecx, ecx
+    mov eax, {hc0} + 0x10
+    call rax
+    // Interrupts off, then spin: only a secure interrupt gets VTL 1 in.
+    cli
+    out 0x20, eax
+2:  jmp 2b
+    .globl hvkvm_vsmi_vtl0_end
+hvkvm_vsmi_vtl0_end:
+
+    .globl hvkvm_vsmi_vtl1_start
+hvkvm_vsmi_vtl1_start:
+    hypercall_page {hc1}
+    vtl1_pages {simp1}
+    // SINT 5 raises vector 0x50 (VTL 1 runs with IF clear: it stays
+    // pending in VTL 1's LAPIC).
+    mov ecx, 0x40000095
+    mov eax, 0x50
+    wrmsr
+    xor ecx, ecx
+    mov eax, {hc1} + 0x20
+    call rax
+    // Entered by the host's message on SINT 5; the host posts a second
+    // one and says so.
+6:  mov eax, dword ptr [{data} + 0x5004]
+    test eax, eax
+    jz 6b
+    mov eax, dword ptr [{assist} + 8]
+    out 0x79, eax
+    mov eax, dword ptr [{simp1} + 5 * 256]
+    out 0x70, eax
+    mov eax, dword ptr [{simp1} + 5 * 256 + 16]
+    out 0x71, eax
+    // A second message waits: MessagePending; freed and EOM, it is there.
+    movzx eax, byte ptr [{simp1} + 5 * 256 + 5]
+    out 0x73, eax
+    mov dword ptr [{simp1} + 5 * 256], 0
+    mov ecx, 0x40000084
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    mov eax, dword ptr [{simp1} + 5 * 256 + 16]
+    out 0x74, eax
+    // VTL 0's SIMP protected from VTL 0: a message for VTL 0 is not
+    // written there.
+    mov rcx, 0x0000000100000051
+    mov edx, {cfg}
+    xor r8d, r8d
+    mov eax, {hc1}
+    call rax
+    out 0x62, eax
+    mov rcx, 0x10000000C
+    mov edx, {prot} + 0x480
+    xor r8d, r8d
+    mov eax, {hc1}
+    call rax
+    out 0x63, eax
+    out 0x21, eax
+    // The host says when it has posted.
+5:  mov eax, dword ptr [{data} + 0x5000]
+    test eax, eax
+    jz 5b
+    mov eax, dword ptr [{simp0} + 3 * 256]
+    out 0x76, eax
+    mov rcx, 0x10000000C
+    mov edx, {prot} + 0x4C0
+    xor r8d, r8d
+    mov eax, {hc1}
+    call rax
+    out 0x64, eax
+    // A message for VTL 0 while VTL 1 runs: VTL 1 is not left for it.
+    out 0x22, eax
+4:  mov eax, dword ptr [{simp0} + 3 * 256]
+    test eax, eax
+    jz 4b
+    out 0x72, eax
+    out 0x1F, eax
+3:  jmp 3b
+    .globl hvkvm_vsmi_vtl1_end
+hvkvm_vsmi_vtl1_end:
+    .popsection
+
+    .pushsection .rodata.hvkvm_vsmw_guest, "a"
+    .globl hvkvm_vsmw_vtl0_start
+hvkvm_vsmw_vtl0_start:
+    .code64
+    hypercall_page {hc0}
+    enable_vtl1
+    xor ecx, ecx
+    mov eax, {hc0} + 0x10
+    call rax
+    // The walk of this address reads the protected page directory (RBX:
+    // VTL 1 leaves it alone, the VTLs share it).
+    mov rbx, {walked}
+    mov rax, qword ptr [rbx]
+    out 0x40, eax
+    out 0x1F, eax
+2:  jmp 2b
+    .globl hvkvm_vsmw_vtl0_end
+hvkvm_vsmw_vtl0_end:
+
+    .globl hvkvm_vsmw_vtl1_start
+hvkvm_vsmw_vtl1_start:
+    hypercall_page {hc1}
+    vtl1_pages {simp}
+    mov rcx, 0x0000000100000051
+    mov edx, {cfg}
+    xor r8d, r8d
+    mov eax, {hc1}
+    call rax
+    mov rcx, 0x10000000C
+    mov edx, {prot} + 0x400
+    xor r8d, r8d
+    mov eax, {hc1}
+    call rax
+    out 0x60, eax
+    mov ecx, 1
+    mov eax, {hc1} + 0x20
+    call rax
+    // The intercept.
+    movzx eax, byte ptr [{simp} + 21]
+    out 0x73, eax
+    mov eax, dword ptr [{simp} + 72]
+    out 0x77, eax
+    mov dword ptr [{simp}], 0
+    mov ecx, 0x40000084
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    mov rcx, 0x10000000C
+    mov edx, {prot} + 0x440
+    xor r8d, r8d
+    mov eax, {hc1}
+    call rax
+    out 0x61, eax
+    mov ecx, 1
+    mov eax, {hc1} + 0x20
+    call rax
+3:  jmp 3b
+    .globl hvkvm_vsmw_vtl1_end
+hvkvm_vsmw_vtl1_end:
+    .popsection
 "#,
     hc0 = const HYPERCALL_PAGE,
     hc1 = const VTL1_HYPERCALL,
@@ -288,6 +457,9 @@ hvkvm_vsmp_vtl1_end:
     q = const Q,
     w = const W,
     h = const H,
+    simp0 = const VTL0_SIMP,
+    simp1 = const VTL1_SIMP,
+    walked = const WALKED,
 );
 
 extern "C" {
@@ -532,137 +704,6 @@ fn protections_intercept_lower_vtl_accesses_and_lifting_retries_them() {
 
 const VTL0_SIMP: u64 = 0x52000;
 
-std::arch::global_asm!(
-    r#"
-    .pushsection .rodata.hvkvm_vsmi_guest, "a"
-    .globl hvkvm_vsmi_vtl0_start
-hvkvm_vsmi_vtl0_start:
-    .code64
-    mov ecx, 0x40000000
-    mov eax, 1
-    mov edx, 0x81000000
-    wrmsr
-    mov ecx, 0x40000001
-    mov eax, {hc0} + 1
-    xor edx, edx
-    wrmsr
-    // VTL 0's own SynIC.
-    mov ecx, 0x40000083
-    mov eax, {simp0} + 1
-    wrmsr
-    mov ecx, 0x40000080
-    mov eax, 1
-    wrmsr
-    mov ecx, 0x1000D
-    mov rdx, -1
-    mov r8d, 1
-    mov eax, {hc0}
-    call rax
-    mov rcx, 0x0F
-    mov edx, {data} + 0x100
-    xor r8d, r8d
-    mov eax, {hc0}
-    call rax
-    out 0x31, eax
-    xor ecx, ecx
-    mov eax, {hc0} + 0x10
-    call rax
-    // Interrupts off, then spin: only a secure interrupt gets VTL 1 in.
-    cli
-    out 0x20, eax
-2:  jmp 2b
-    .globl hvkvm_vsmi_vtl0_end
-hvkvm_vsmi_vtl0_end:
-
-    .globl hvkvm_vsmi_vtl1_start
-hvkvm_vsmi_vtl1_start:
-    mov ecx, 0x40000000
-    mov eax, 1
-    mov edx, 0x81000000
-    wrmsr
-    mov ecx, 0x40000001
-    mov eax, {hc1} + 1
-    xor edx, edx
-    wrmsr
-    mov ecx, 0x40000073
-    mov eax, {assist} + 1
-    wrmsr
-    mov ecx, 0x40000083
-    mov eax, {simp1} + 1
-    wrmsr
-    mov ecx, 0x40000080
-    mov eax, 1
-    wrmsr
-    // SINT 5 raises vector 0x50 (VTL 1 runs with IF clear: it stays
-    // pending in VTL 1's LAPIC).
-    mov ecx, 0x40000095
-    mov eax, 0x50
-    wrmsr
-    xor ecx, ecx
-    mov eax, {hc1} + 0x20
-    call rax
-    // Entered by the host's message on SINT 5.
-    mov eax, dword ptr [{assist} + 8]
-    out 0x79, eax
-    mov eax, dword ptr [{simp1} + 5 * 256]
-    out 0x70, eax
-    mov eax, dword ptr [{simp1} + 5 * 256 + 16]
-    out 0x71, eax
-    // A second message waits: MessagePending; freed and EOM, it is there.
-    movzx eax, byte ptr [{simp1} + 5 * 256 + 5]
-    out 0x73, eax
-    mov dword ptr [{simp1} + 5 * 256], 0
-    mov ecx, 0x40000084
-    xor eax, eax
-    xor edx, edx
-    wrmsr
-    mov eax, dword ptr [{simp1} + 5 * 256 + 16]
-    out 0x74, eax
-    // VTL 0's SIMP protected from VTL 0: a message for VTL 0 is not
-    // written there.
-    mov rcx, 0x0000000100000051
-    mov edx, {cfg}
-    xor r8d, r8d
-    mov eax, {hc1}
-    call rax
-    out 0x62, eax
-    mov rcx, 0x10000000C
-    mov edx, {prot} + 0x480
-    xor r8d, r8d
-    mov eax, {hc1}
-    call rax
-    out 0x63, eax
-    out 0x21, eax
-    mov eax, dword ptr [{simp0} + 3 * 256]
-    out 0x76, eax
-    mov rcx, 0x10000000C
-    mov edx, {prot} + 0x4C0
-    xor r8d, r8d
-    mov eax, {hc1}
-    call rax
-    out 0x64, eax
-    // A message for VTL 0 while VTL 1 runs: VTL 1 is not left for it.
-    out 0x22, eax
-4:  mov eax, dword ptr [{simp0} + 3 * 256]
-    test eax, eax
-    jz 4b
-    out 0x72, eax
-    out 0x1F, eax
-3:  jmp 3b
-    .globl hvkvm_vsmi_vtl1_end
-hvkvm_vsmi_vtl1_end:
-    .popsection
-"#,
-    hc0 = const HYPERCALL_PAGE,
-    hc1 = const VTL1_HYPERCALL,
-    data = const DATA,
-    assist = const VTL1_ASSIST,
-    simp0 = const VTL0_SIMP,
-    simp1 = const VTL1_SIMP,
-    cfg = const CFG,
-    prot = const PROT,
-);
-
 extern "C" {
     static hvkvm_vsmi_vtl0_start: u8;
     static hvkvm_vsmi_vtl0_end: u8;
@@ -729,6 +770,7 @@ fn a_message_for_vtl1_preempts_vtl0_with_interrupts_off() {
                     Ok(true),
                     "queued behind the first"
                 );
+                put(&p, DATA + 0x5004, &1u32.to_le_bytes());
             }
             0x21 => {
                 assert_eq!(
@@ -736,6 +778,7 @@ fn a_message_for_vtl1_preempts_vtl0_with_interrupts_off() {
                     Ok(false),
                     "VTL 0's SIMP is protected from VTL 0: dropped"
                 );
+                put(&p, DATA + 0x5000, &1u32.to_le_bytes());
             }
             0x22 => {
                 assert_eq!(
@@ -768,110 +811,6 @@ fn a_message_for_vtl1_preempts_vtl0_with_interrupts_off() {
 /// The page directory of VTL 0's mapping at 1 GiB, which VTL 1 protects.
 const PD_HIGH: u64 = 0x66000;
 const WALKED: u64 = 0x4000_0000 + 0x67000;
-
-std::arch::global_asm!(
-    r#"
-    .pushsection .rodata.hvkvm_vsmw_guest, "a"
-    .globl hvkvm_vsmw_vtl0_start
-hvkvm_vsmw_vtl0_start:
-    .code64
-    mov ecx, 0x40000000
-    mov eax, 1
-    mov edx, 0x81000000
-    wrmsr
-    mov ecx, 0x40000001
-    mov eax, {hc0} + 1
-    xor edx, edx
-    wrmsr
-    mov ecx, 0x1000D
-    mov rdx, -1
-    mov r8d, 1
-    mov eax, {hc0}
-    call rax
-    mov rcx, 0x0F
-    mov edx, {data} + 0x100
-    xor r8d, r8d
-    mov eax, {hc0}
-    call rax
-    xor ecx, ecx
-    mov eax, {hc0} + 0x10
-    call rax
-    // The walk of this address reads the protected page directory (RBX:
-    // VTL 1 leaves it alone, the VTLs share it).
-    mov rbx, {walked}
-    mov rax, qword ptr [rbx]
-    out 0x40, eax
-    out 0x1F, eax
-2:  jmp 2b
-    .globl hvkvm_vsmw_vtl0_end
-hvkvm_vsmw_vtl0_end:
-
-    .globl hvkvm_vsmw_vtl1_start
-hvkvm_vsmw_vtl1_start:
-    mov ecx, 0x40000000
-    mov eax, 1
-    mov edx, 0x81000000
-    wrmsr
-    mov ecx, 0x40000001
-    mov eax, {hc1} + 1
-    xor edx, edx
-    wrmsr
-    mov ecx, 0x40000073
-    mov eax, {assist} + 1
-    wrmsr
-    mov ecx, 0x40000083
-    mov eax, {simp} + 1
-    wrmsr
-    mov ecx, 0x40000080
-    mov eax, 1
-    wrmsr
-    mov rcx, 0x0000000100000051
-    mov edx, {cfg}
-    xor r8d, r8d
-    mov eax, {hc1}
-    call rax
-    mov rcx, 0x10000000C
-    mov edx, {prot} + 0x400
-    xor r8d, r8d
-    mov eax, {hc1}
-    call rax
-    out 0x60, eax
-    mov ecx, 1
-    mov eax, {hc1} + 0x20
-    call rax
-    // The intercept.
-    movzx eax, byte ptr [{simp} + 21]
-    out 0x73, eax
-    mov eax, dword ptr [{simp} + 72]
-    out 0x77, eax
-    mov dword ptr [{simp}], 0
-    mov ecx, 0x40000084
-    xor eax, eax
-    xor edx, edx
-    wrmsr
-    mov rcx, 0x10000000C
-    mov edx, {prot} + 0x440
-    xor r8d, r8d
-    mov eax, {hc1}
-    call rax
-    out 0x61, eax
-    mov ecx, 1
-    mov eax, {hc1} + 0x20
-    call rax
-3:  jmp 3b
-    .globl hvkvm_vsmw_vtl1_end
-hvkvm_vsmw_vtl1_end:
-    .popsection
-"#,
-    hc0 = const HYPERCALL_PAGE,
-    hc1 = const VTL1_HYPERCALL,
-    data = const DATA,
-    assist = const VTL1_ASSIST,
-    simp = const VTL1_SIMP,
-    cfg = const CFG,
-    prot = const PROT,
-    walked = const WALKED,
-);
 
 extern "C" {
     static hvkvm_vsmw_vtl0_start: u8;
