@@ -39,6 +39,10 @@ const X: u64 = 0x61000;
 const Q: u64 = 0x62000;
 const W: u64 = 0x63000;
 const H: u64 = 0x64000;
+/// A hypercall output page VTL 1 protects.
+const O: u64 = 0x68000;
+/// A page VTL 1 protects and VTL 0 maps its hypercall page over.
+const P4: u64 = 0x69000;
 const P3: u64 = 0x65000;
 /// A GPA inside the GPA space that is not RAM (RAM is 4 MiB).
 const NOT_RAM: u64 = 0x1000_0000;
@@ -171,6 +175,20 @@ hvkvm_vsmp_stos:
     hvcall {hc0}, 0x10000000C, {prot} + 0x240, 0, 0x46
     // A hypercall whose input page VTL 1 made inaccessible.
     hvcall {hc0}, 0x0000000100000050, {h}, {data} + 0x1000, 0x47
+    // One whose output page VTL 1 made inaccessible.
+    hvcall {hc0}, 0x0000000100000050, {data} + 0x600, {o}, 0x49
+    // VTL 0's hypercall page over P4: VTL 0 reads its own overlay, not
+    // the RAM VTL 1 protects, and no intercept comes of it.
+    mov ecx, 0x40000001
+    mov eax, {p4} + 1
+    xor edx, edx
+    wrmsr
+    mov eax, dword ptr [{p4}]
+    out 0x4A, eax
+    mov ecx, 0x40000001
+    mov eax, {hc0} + 1
+    xor edx, edx
+    wrmsr
     // VTL 1 switches to the intercept page and protects P again.
     xor ecx, ecx
     mov eax, {hc0} + 0x10
@@ -244,7 +262,7 @@ hvkvm_vsmp_vtl1_start:
     mov eax, dword ptr [{w} + 0x100]
     out 0x7C, eax
     hvcall {hc1}, 0x10000000C, {prot} + 0x340, 0, 0x6E
-    hvcall {hc1}, 0x10000000C, {prot} + 0x380, 0, 0x6F
+    hvcall {hc1}, 0x30000000C, {prot} + 0x380, 0, 0x6F
     leave_vtl1
     // 6: a VTL call. InterceptPage on, P none.
     enter_vtl1
@@ -457,6 +475,8 @@ hvkvm_vsmw_vtl1_end:
     q = const Q,
     w = const W,
     h = const H,
+    o = const O,
+    p4 = const P4,
     simp0 = const VTL0_SIMP,
     simp1 = const VTL1_SIMP,
     walked = const WALKED,
@@ -550,7 +570,7 @@ fn setup_guest(p: &Partition) -> (Labels, Vec<u8>) {
         (0x2C0, prot(RWX, VTL0, &[Q])),
         (0x300, prot(RX, VTL0, &[W])),
         (0x340, prot(RWX, VTL0, &[W])),
-        (0x380, prot(NONE, VTL0, &[H])),
+        (0x380, prot(NONE, VTL0, &[H, O, P4])),
         (0x3C0, prot(NONE, VTL0, &[P])),
     ];
     for (off, b) in &inputs {
@@ -562,6 +582,9 @@ fn setup_guest(p: &Partition) -> (Labels, Vec<u8>) {
     put(p, CFG, &set(0x1F));
     put(p, CFG + 0x40, &set(0x1F | (1 << 12)));
     put(p, H, &registers_input(0, &[0x000D_0003]));
+    put(p, DATA + 0x600, &registers_input(0, &[0x000D_0003]));
+    put(p, O, &[0xA5; 16]);
+    put(p, P4, &0x5EC2_E700u32.to_le_bytes());
     put(p, P, &0x1122_3344_5566_7788u64.to_le_bytes());
     put(p, Q, &(1..=16u8).collect::<Vec<_>>());
     // X: mov eax, 0x5151; out 0x42, eax; ret
@@ -609,6 +632,19 @@ fn protections_intercept_lower_vtl_accesses_and_lifting_retries_them() {
     // VTL 0 protecting its own memory; a hypercall input page it cannot read.
     assert_eq!(status(0x46), HvError::ACCESS_DENIED.status());
     assert_eq!(status(0x47), HvError::ACCESS_DENIED.status());
+    assert_eq!(status(0x49), HvError::ACCESS_DENIED.status());
+    let mut out = [0u8; 16];
+    vm_memory::Bytes::read_slice(p.memory(), &mut out, vm_memory::GuestAddress(O)).unwrap();
+    assert_eq!(
+        out, [0xA5; 16],
+        "nothing written in the protected output page"
+    );
+    let page = hv_partition::hyperv::HYPERCALL_PAGE;
+    assert_eq!(
+        one(0x4A),
+        u32::from_le_bytes(page[..4].try_into().unwrap()),
+        "the overlay, not the protected RAM beneath it"
+    );
     // Nothing was written by the refused writes.
     assert_eq!(port(0x7C), [0x5566_7788, 0]);
     // The messages, in order: read P, write P, execute X, rep movsb from Q,
