@@ -460,6 +460,61 @@ hvkvm_vsmw_vtl1_start:
 3:  jmp 3b
     .globl hvkvm_vsmw_vtl1_end
 hvkvm_vsmw_vtl1_end:
+
+    // The flood: VP 0's VTL 0 reads P forever, VTL 1 never lifts it.
+    .globl hvkvm_vsmf_vtl0_start
+hvkvm_vsmf_vtl0_start:
+    hypercall_page {hc0}
+    enable_vtl1
+    xor ecx, ecx
+    mov eax, {hc0} + 0x10
+    call rax
+    out 0x81, eax
+2:  mov rax, qword ptr [{p}]
+    jmp 2b
+    .globl hvkvm_vsmf_vtl0_end
+hvkvm_vsmf_vtl0_end:
+    .globl hvkvm_vsmf_vtl1_start
+hvkvm_vsmf_vtl1_start:
+    hypercall_page {hc1}
+    vtl1_pages {simp}
+    hvcall {hc1}, 0x0000000100000051, {cfg}, 0, 0x80
+    hvcall {hc1}, 0x10000000C, {prot}, 0, 0x80
+3:  mov ecx, 1
+    mov eax, {hc1} + 0x20
+    call rax
+    mov dword ptr [{simp}], 0
+    mov ecx, 0x40000084
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    jmp 3b
+    .globl hvkvm_vsmf_vtl1_end
+hvkvm_vsmf_vtl1_end:
+    // VP 1 (VTL 1 not enabled on it) reads P: #GP; then it counts.
+    .globl hvkvm_vsmf_vp1_start
+hvkvm_vsmf_vp1_start:
+    lidt [{idtr1}]
+    .globl hvkvm_vsmf_vp1_read
+hvkvm_vsmf_vp1_read:
+    mov rax, qword ptr [{p}]
+    out 0x92, eax
+4:  mov ecx, 20000
+5:  dec ecx
+    jnz 5b
+    out 0x91, eax
+    jmp 4b
+    .globl hvkvm_vsmf_gp
+hvkvm_vsmf_gp:
+    // #GP: the error code, then the faulting RIP.
+    mov eax, dword ptr [rsp]
+    out 0x93, eax
+    mov eax, dword ptr [rsp + 8]
+    out 0x90, eax
+    add rsp, 8
+    jmp 4b
+    .globl hvkvm_vsmf_vp1_end
+hvkvm_vsmf_vp1_end:
     .popsection
 "#,
     hc0 = const HYPERCALL_PAGE,
@@ -480,6 +535,7 @@ hvkvm_vsmw_vtl1_end:
     simp0 = const VTL0_SIMP,
     simp1 = const VTL1_SIMP,
     walked = const WALKED,
+    idtr1 = const VP1_IDTR,
 );
 
 extern "C" {
@@ -849,6 +905,14 @@ const PD_HIGH: u64 = 0x66000;
 const WALKED: u64 = 0x4000_0000 + 0x67000;
 
 extern "C" {
+    static hvkvm_vsmf_vtl0_start: u8;
+    static hvkvm_vsmf_vtl0_end: u8;
+    static hvkvm_vsmf_vtl1_start: u8;
+    static hvkvm_vsmf_vtl1_end: u8;
+    static hvkvm_vsmf_vp1_start: u8;
+    static hvkvm_vsmf_vp1_read: u8;
+    static hvkvm_vsmf_gp: u8;
+    static hvkvm_vsmf_vp1_end: u8;
     static hvkvm_vsmw_vtl0_start: u8;
     static hvkvm_vsmw_vtl0_end: u8;
     static hvkvm_vsmw_vtl1_start: u8;
@@ -944,4 +1008,112 @@ fn the_default_protection_mask_covers_all_lower_vtl_ram() {
     v.get_vtl_registers(Vtl::VTL0, &[N::RIP]).unwrap();
     assert!(!p.vtl_may_access(Vtl::VTL0, P, 8, true));
     assert!(p.vtl_may_access(Vtl::VTL0, P, 8, false));
+}
+
+/// VP 1's code, IDT and IDTR.
+const VP1_CODE: u64 = 0x70000;
+const VP1_IDT: u64 = 0x71000;
+const VP1_IDTR: u64 = 0x71FF0;
+
+/// Counts the log records at warning level or above.
+struct Loud(std::sync::atomic::AtomicUsize);
+
+impl log::Log for Loud {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record) {
+        if r.level() <= log::Level::Warn {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOUD: Loud = Loud(std::sync::atomic::AtomicUsize::new(0));
+
+/// A hostile lower VTL (TLFS "Memory Access Protections"): VP 0's VTL 0
+/// retries a refused read forever and its VTL 1 never lifts it. The flood
+/// logs nothing at warning level and VP 1 keeps running. VP 1, which has no
+/// VTL 1, reading the page VTL 1 protects gets #GP at the read (`choices`:
+/// no VTL of that VP to deliver the intercept to).
+#[test]
+fn a_flood_of_violations_starves_no_vp_and_logs_nothing_loud() {
+    let _ = log::set_logger(&LOUD);
+    log::set_max_level(log::LevelFilter::Trace);
+    let loud = LOUD.0.load(std::sync::atomic::Ordering::SeqCst);
+    let p = vsm_partition(2, Vtl::VTL0, Vtl::VTL1);
+    setup_guest(&p);
+    // SAFETY: symbols the global_asm! above defines; `blob` reads between them.
+    let read_at = unsafe {
+        put(&p, CODE, blob(&hvkvm_vsmf_vtl0_start, &hvkvm_vsmf_vtl0_end));
+        put(
+            &p,
+            VTL1_CODE,
+            blob(&hvkvm_vsmf_vtl1_start, &hvkvm_vsmf_vtl1_end),
+        );
+        put(
+            &p,
+            VP1_CODE,
+            blob(&hvkvm_vsmf_vp1_start, &hvkvm_vsmf_vp1_end),
+        );
+        let start = &hvkvm_vsmf_vp1_start as *const u8 as u64;
+        let gp = VP1_CODE + (&hvkvm_vsmf_gp as *const u8 as u64 - start);
+        let mut gate = [0u8; 16];
+        gate[0..2].copy_from_slice(&(gp as u16).to_le_bytes());
+        gate[2..4].copy_from_slice(&0x10u16.to_le_bytes());
+        gate[5] = 0x8E;
+        gate[6..8].copy_from_slice(&((gp >> 16) as u16).to_le_bytes());
+        put(&p, VP1_IDT + 13 * 16, &gate);
+        let mut idtr = 0xFFFu16.to_le_bytes().to_vec();
+        idtr.extend(VP1_IDT.to_le_bytes());
+        put(&p, VP1_IDTR, &idtr);
+        VP1_CODE + (&hvkvm_vsmf_vp1_read as *const u8 as u64 - start)
+    };
+    let mut v0 = p.create_vp(vp(0)).unwrap();
+    let v1 = p.create_vp(vp(1)).unwrap();
+    v0.set_registers(&bsp_registers(CODE, stack(0))).unwrap();
+    p.set_explicit_suspend(vp(0), false).unwrap();
+    p.set_explicit_suspend(vp(1), false).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx1 = tx.clone();
+    let t0 = std::thread::spawn(move || run_reporting(v0, tx));
+    let t1 = std::thread::spawn(move || run_reporting(v1, tx1));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut got = vec![];
+    // VP 1's progress reports once the flood is under way (10 intercepts).
+    let mut counted = 0;
+    while counted < 3 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(r) = rx.recv_timeout(left) else {
+            break;
+        };
+        got.push((r.port, r.value));
+        match r.port {
+            0x81 => p
+                .start_virtual_processor(vp(1), Vtl::VTL0, &ctx64(VP1_CODE, stack(1)))
+                .unwrap(),
+            0x91 if p.stats().intercepts() >= 10 => counted += 1,
+            _ => {}
+        }
+    }
+    let intercepts = p.stats().intercepts();
+    p.cancel_all();
+    t0.join().expect("VP 0");
+    t1.join().expect("VP 1");
+    assert_eq!(writes_to(&got, 0x80), [0, 0], "{got:x?}");
+    assert_eq!(counted, 3, "VP 1 made progress during the flood: {got:x?}");
+    assert!(intercepts >= 10, "{intercepts} intercepts");
+    assert_eq!(
+        writes_to(&got, 0x92),
+        Vec::<u32>::new(),
+        "the read did not retire"
+    );
+    assert_eq!(only(&got, 0x93), 0, "#GP(0)");
+    assert_eq!(only(&got, 0x90), read_at as u32, "#GP at the read");
+    assert_eq!(
+        LOUD.0.load(std::sync::atomic::Ordering::SeqCst),
+        loud,
+        "no warnings or errors logged"
+    );
 }
