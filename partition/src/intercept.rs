@@ -200,24 +200,45 @@ impl Vp {
         v.sync_regs_mut().regs = *regs;
     }
 
+    /// After an emulation failure: the fetch of the instruction at RIP, if
+    /// it is from a page a higher VTL gave no access.
+    pub(crate) fn refused_fetch(&mut self) -> Option<(Violation, Vtl)> {
+        let (regs, sregs) = self.exit_registers();
+        let gpa = self.gpa_of(rewind::linear_ip(&sregs, regs.rip))?;
+        let by = self
+            .partition()
+            .refused_by(self.vtl, gpa, AccessKind::Execute)?;
+        let v = Violation {
+            gpa,
+            kind: AccessKind::Execute,
+            data: [0; 8],
+            len: 0,
+        };
+        Some((v, by))
+    }
+
+    /// The GPA of linear address `linear` through the running VTL's page
+    /// tables (KVM_TRANSLATE), if mapped.
+    fn gpa_of(&mut self, linear: u64) -> Option<u64> {
+        let t = self.vcpu_mut().translate_gva(linear).ok()?;
+        (t.valid != 0).then_some(t.physical_address)
+    }
+
     /// Reads the instruction bytes at linear address `linear` through the
     /// running VTL's page tables; how many could be read.
     fn fetch(&mut self, linear: u64, buf: &mut [u8]) -> usize {
         let mut done = 0;
         while done < buf.len() {
             let at = linear.wrapping_add(done as u64);
-            let Ok(t) = self.vcpu_mut().translate_gva(at) else {
+            let Some(gpa) = self.gpa_of(at) else {
                 break;
             };
-            if t.valid == 0 {
-                break;
-            }
             let room = (0x1000 - (at & 0xFFF)) as usize;
             let n = room.min(buf.len() - done);
             if self
                 .partition()
                 .memory()
-                .read_slice(&mut buf[done..done + n], GuestAddress(t.physical_address))
+                .read_slice(&mut buf[done..done + n], GuestAddress(gpa))
                 .is_err()
             {
                 break;

@@ -34,12 +34,12 @@ impl Partition {
             *m.error = 1;
             return Handled::Served;
         };
-        let synic = shared.lock().synic[vtl.0 as usize].read(m.index);
-        if let Some(value) = synic {
+        if crate::synic::is_synic_msr(m.index) {
             match m.written {
                 None => {
-                    if let Some(out) = m.read.as_deref_mut() {
-                        *out = value;
+                    let value = shared.lock().synic[vtl.0 as usize].read(m.index);
+                    if let (Some(v), Some(out)) = (value, m.read.as_deref_mut()) {
+                        *out = v;
                     }
                 }
                 Some(v) => {

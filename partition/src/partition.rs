@@ -261,8 +261,7 @@ impl Partition {
         let vps = (0..config.max_vps).map(|_| Mutex::new(None)).collect();
         let overlay = Overlay::new(&hyperv::HYPERCALL_PAGE).map_err(PartitionError::Overlay)?;
         let gpa_limit = gpa_limit_of(&supported_cpuid);
-        let nr_slots = kvm.get_nr_memslots().min(u16::MAX as usize) as u32;
-        let highest = ram.iter().map(|r| r.slot + 1).max().unwrap_or(0);
+        let (highest, nr_slots) = slot_bounds(&kvm, &ram);
         let numbers = match (own_vm, overlay_slots) {
             // The partition's own VM: its slots are the RAM's, so every
             // number above them is free; the last one settles the irqchip.
@@ -511,8 +510,7 @@ impl Partition {
         register_ram(&vm, &self.ram)?;
         apply_vm_policies(&self.kvm, &vm, &self.config, &self.options)?;
         let overlay = Overlay::new(&hyperv::HYPERCALL_PAGE).map_err(PartitionError::Overlay)?;
-        let highest = self.ram.iter().map(|r| r.slot + 1).max().unwrap_or(0);
-        let nr_slots = self.kvm.get_nr_memslots().min(u16::MAX as usize) as u32;
+        let (highest, nr_slots) = slot_bounds(&self.kvm, &self.ram);
         let mut view = MemoryView::new(self.ram.clone(), SlotNumbers::up(highest, nr_slots));
         // The default masks higher VTLs configured before this VM existed.
         for by in vtl.0 + 1..=Vtl::MAX_X64.0 {
@@ -912,6 +910,14 @@ fn refresh_apic_map(vcpu: &VcpuFd) -> Result<(), VpError> {
 }
 
 /// Registers the RAM slots in `vm` (a partition's own VM, or a VTL's).
+/// One past the highest RAM slot number, and the slot count KVM allows
+/// (KVM_CAP_NR_MEMSLOTS, at least one past the RAM's).
+fn slot_bounds(kvm: &Kvm, ram: &[RamSlot]) -> (u32, u32) {
+    let highest = ram.iter().map(|r| r.slot + 1).max().unwrap_or(0);
+    let nr = kvm.get_nr_memslots().min(u16::MAX as usize) as u32;
+    (highest, nr.max(highest + 1))
+}
+
 fn register_ram(vm: &VmFd, ram: &[RamSlot]) -> Result<(), PartitionError> {
     for r in ram {
         let region = kvm_userspace_memory_region {

@@ -131,16 +131,21 @@ fn slot(r: &mut kvm_regs, reg: Register) -> Option<&mut u64> {
     })
 }
 
+/// Whether `i` is a string store (`stos`, `movs`: ES:rDI is written).
+fn is_string_store(i: &Instruction) -> bool {
+    matches!(
+        i.op0_kind(),
+        OpKind::MemoryESRDI | OpKind::MemoryESEDI | OpKind::MemoryESDI
+    )
+}
+
 /// The registers before `i`, which KVM retired into `post` apart from its
 /// write of `data`; `None` for an instruction whose effects cannot be
 /// undone this way.
 fn undo(i: &Instruction, post: &kvm_regs, data: &[u8], size: u64) -> Option<kvm_regs> {
     let mut r = *post;
     r.rip = i.ip();
-    let string_store = matches!(
-        i.op0_kind(),
-        OpKind::MemoryESRDI | OpKind::MemoryESEDI | OpKind::MemoryESDI
-    );
+    let string_store = is_string_store(i);
     match i.mnemonic() {
         Mnemonic::Call | Mnemonic::Enter | Mnemonic::Cmpxchg | Mnemonic::Xadd => return None,
         Mnemonic::Push | Mnemonic::Pushf | Mnemonic::Pushfd | Mnemonic::Pushfq => {
@@ -255,10 +260,7 @@ pub(crate) fn rewind_write(
     // Iterations left: the string store is at RIP.
     if let Some(i) = decode_at(&code[before..], post.rip, bits) {
         let repeated = i.has_rep_prefix() || i.has_repne_prefix();
-        let string = matches!(
-            i.op0_kind(),
-            OpKind::MemoryESRDI | OpKind::MemoryESEDI | OpKind::MemoryESDI
-        );
+        let string = is_string_store(&i);
         if repeated && string {
             let size = i.memory_size().size() as u64;
             if let Some(r) = undo(&i, post, data, size) {
@@ -283,10 +285,7 @@ pub(crate) fn rewind_write(
         if i.len() != k {
             continue;
         }
-        let string = matches!(
-            i.op0_kind(),
-            OpKind::MemoryESRDI | OpKind::MemoryESEDI | OpKind::MemoryESDI
-        );
+        let string = is_string_store(&i);
         if string
             && !i.has_rep_prefix()
             && k < before

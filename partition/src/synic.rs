@@ -30,6 +30,11 @@ pub const MSR_SINT0: u32 = 0x4000_0090;
 /// hypervisor's).
 pub const INTERCEPT_SINT: usize = 0;
 
+/// Whether `index` is one of the SynIC MSRs this module serves.
+pub(crate) fn is_synic_msr(index: u32) -> bool {
+    (MSR_SCONTROL..=MSR_EOM).contains(&index) || (MSR_SINT0..MSR_SINT0 + 16).contains(&index)
+}
+
 /// SINTx: vector (7:0), masked (16), auto-EOI (17), polling (18).
 const SINT_MASKED: u64 = 1 << 16;
 const SINT_POLLING: u64 = 1 << 18;
@@ -272,6 +277,10 @@ mod tests {
         );
         assert_eq!(s.read(MSR_EOM), Some(0));
         assert_eq!(s.read(0x4000_0085), None);
+        assert!(!is_synic_msr(0x4000_0085) && !is_synic_msr(0x4000_00A0));
+        assert!(
+            is_synic_msr(MSR_SCONTROL) && is_synic_msr(MSR_EOM) && is_synic_msr(MSR_SINT0 + 15)
+        );
         // Polling SINTs raise nothing.
         s.write(MSR_SCONTROL, 1, 1 << 40, &mem, &ok).unwrap();
         s.write(MSR_SIMP, 0x1001, 1 << 40, &mem, &ok).unwrap();

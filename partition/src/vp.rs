@@ -28,7 +28,6 @@ const MSR_MTRR_DEF_TYPE: u32 = 0x2FF;
 const EINVAL: i32 = 22;
 const EBUSY: i32 = 16;
 const CR0_PG: u64 = 1 << 31;
-const EFER_LMA: u64 = 1 << 10;
 /// #UD and #GP.
 pub(crate) const VECTOR_UD: u8 = 6;
 const VECTOR_GP: u8 = 13;
@@ -725,33 +724,6 @@ impl Vp {
         }
     }
 
-    /// After an emulation failure: the fetch of the instruction at RIP, if
-    /// it is from a page a higher VTL gave no access.
-    fn refused_fetch(&mut self) -> Option<(Violation, Vtl)> {
-        let sregs = self.vcpu.sync_regs().sregs;
-        let rip = self.vcpu.sync_regs().regs.rip;
-        let linear = crate::rewind::linear_ip(&sregs, rip);
-        let gpa = if sregs.cr0 & CR0_PG != 0 {
-            let t = self.vcpu.translate_gva(linear).ok()?;
-            if t.valid == 0 {
-                return None;
-            }
-            t.physical_address
-        } else {
-            linear
-        };
-        let by = self
-            .partition
-            .refused_by(self.vtl, gpa, AccessKind::Execute)?;
-        let v = Violation {
-            gpa,
-            kind: AccessKind::Execute,
-            data: [0; 8],
-            len: 0,
-        };
-        Some((v, by))
-    }
-
     /// For a VMM that runs the vCPU in its own loop: call before each `KVM_RUN`
     /// on [`Self::vcpu_for_run`]. It loads a context a start handed over, waits
     /// while the VP is suspended, and returns `Some(exit)` (canceled) if the VP
@@ -976,12 +948,7 @@ impl Vp {
         };
         let sync = self.vcpu.sync_regs();
         let (regs, sregs) = (sync.regs, sync.sregs);
-        let long = sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0;
-        let linear = if long {
-            regs.rip
-        } else {
-            sregs.cs.base.wrapping_add(regs.rip) & 0xFFFF_FFFF
-        };
+        let linear = crate::rewind::linear_ip(&sregs, regs.rip);
         let gpa = if sregs.cr0 & CR0_PG != 0 {
             let paging = [sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer];
             let linear_page = linear & !0xFFF;
